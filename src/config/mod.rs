@@ -84,8 +84,7 @@ pub struct StageDef {
 
 pub enum Action {
     Builtin(&'static dyn Stage),
-    /// The command with vars and params substituted; only literal, `${stages.X}` and `${out}`
-    /// pieces remain.
+    /// The command; every `${...}` in it was checked to exist.
     Cmd(Template),
 }
 
@@ -98,7 +97,8 @@ impl std::fmt::Debug for Action {
     }
 }
 
-/// The command text that enters the stage key: machine-independent placeholders kept.
+/// The command text that enters the stage key: every `${...}` kept symbolic (the values of params
+/// and vars enter the key on their own; paths are machine-specific).
 pub fn render_key_cmd(t: &Template) -> String {
     t.pieces.iter().map(|p| p.to_string()).collect()
 }
@@ -351,22 +351,21 @@ impl StageCx<'_> {
                 let template = Template::parse(&cmd.value).map_err(|m| self.err(loc, format!("stage `{name}`: {m}")))?;
                 let mut pieces = Vec::new();
                 for piece in template.pieces {
-                    match piece {
-                        Piece::Var(v) => pieces.push(Piece::Lit(scalar_text(&self.var(&v, loc, &mut used_vars)?))),
-                        Piece::Param(p) => {
-                            let value = params
-                                .get(&p)
-                                .ok_or_else(|| self.err(loc, format!("stage `{name}`: `${{params.{p}}}` but the stage has no param `{p}`")))?;
-                            pieces.push(Piece::Lit(scalar_text(value)));
+                    match &piece {
+                        Piece::Var(v) => {
+                            self.var(v, loc, &mut used_vars)?;
+                        }
+                        Piece::Param(p) if !params.contains_key(p) => {
+                            return Err(self.err(loc, format!("stage `{name}`: `${{params.{p}}}` but the stage has no param `{p}`")));
                         }
                         Piece::Stage(s) => {
-                            self.check_stage_ref(&s, loc)?;
+                            self.check_stage_ref(s, loc)?;
                             upstream.insert(s.clone());
                             inputs.insert(format!("stages.{s}"), InputRef::Stage { stage: s.clone(), sub: String::new() });
-                            pieces.push(Piece::Stage(s));
                         }
-                        other => pieces.push(other),
+                        _ => {}
                     }
+                    pieces.push(piece);
                 }
                 for dep in &raw.deps {
                     let dloc = Loc::from(dep);
@@ -374,7 +373,7 @@ impl StageCx<'_> {
                     self.check_path(&path, dloc)?;
                     inputs.insert(path.clone(), InputRef::Path(path));
                 }
-                Action::Cmd(merge_literals(pieces))
+                Action::Cmd(Template { pieces })
             }
         };
 
@@ -501,17 +500,6 @@ pub fn scalar_text(v: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
-}
-
-fn merge_literals(pieces: Vec<Piece>) -> Template {
-    let mut out: Vec<Piece> = Vec::new();
-    for p in pieces {
-        match (out.last_mut(), p) {
-            (Some(Piece::Lit(a)), Piece::Lit(b)) => a.push_str(&b),
-            (_, p) => out.push(p),
-        }
-    }
-    Template { pieces: out }
 }
 
 #[cfg(test)]
