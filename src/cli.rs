@@ -27,7 +27,13 @@ use crate::{gc, metrics};
 )]
 pub struct Cli {
     /// The pipeline file; its directory is the workspace root.
-    #[arg(short = 'f', long = "file", global = true, default_value = "forge.yaml", value_name = "PATH")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "forge.yaml",
+        value_name = "PATH"
+    )]
     file: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -115,14 +121,24 @@ pub struct Exit {
 
 impl From<ConfigError> for Exit {
     fn from(e: ConfigError) -> Exit {
-        Exit { code: 2, message: e.to_string() }
+        Exit {
+            code: 2,
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<EngineError> for Exit {
     fn from(e: EngineError) -> Exit {
-        let code = if matches!(e, EngineError::Usage(_)) { 2 } else { 1 };
-        Exit { code, message: e.to_string() }
+        let code = if matches!(e, EngineError::Usage(_)) {
+            2
+        } else {
+            1
+        };
+        Exit {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -169,7 +185,10 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             no_wait,
             verbose,
         } => {
-            let sets = set.iter().map(|s| Set::parse(s)).collect::<Result<Vec<_>, _>>()?;
+            let sets = set
+                .iter()
+                .map(|s| Set::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
             let (ws, pipeline, dag) = load(&cli.file, &sets)?;
             let _guard = if dry_run {
                 None
@@ -259,7 +278,10 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                 json: false,
             }) {
                 MetricsAction::Show { stages, json } => {
-                    let stages = dag.select(&stages).map_err(|m| Exit { code: 2, message: m })?;
+                    let stages = dag.select(&stages).map_err(|m| Exit {
+                        code: 2,
+                        message: m,
+                    })?;
                     print!("{}", metrics::show(&ws, &stages, json)?);
                 }
                 MetricsAction::Diff { against } => {
@@ -283,8 +305,16 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
 
 /// `forge why`: the stage's reasons, then those of each stale upstream stage, indented.
 fn explain(status: &[StageStatus], stage: &str) -> String {
-    fn go(status: &[StageStatus], stage: &str, depth: usize, out: &mut String, seen: &mut BTreeSet<String>) {
-        let Some(s) = status.iter().find(|s| s.stage == stage) else { return };
+    fn go(
+        status: &[StageStatus],
+        stage: &str,
+        depth: usize,
+        out: &mut String,
+        seen: &mut BTreeSet<String>,
+    ) {
+        let Some(s) = status.iter().find(|s| s.stage == stage) else {
+            return;
+        };
         let pad = "  ".repeat(depth);
         if !seen.insert(stage.to_string()) {
             return;
@@ -293,7 +323,11 @@ fn explain(status: &[StageStatus], stage: &str) -> String {
             out.push_str(&format!("{pad}{stage} is {}\n", s.state));
             return;
         }
-        let restorable = if s.restorable { " (its output for this key is in the run cache)" } else { "" };
+        let restorable = if s.restorable {
+            " (its output for this key is in the run cache)"
+        } else {
+            ""
+        };
         out.push_str(&format!("{pad}{stage} is {}{restorable}:\n", s.state));
         for r in &s.reasons {
             out.push_str(&format!("{pad}  - {r}\n"));

@@ -60,7 +60,12 @@ pub struct Env<'a> {
 /// A machine with none still has one slot, so `resources: {gpu: 1}` stages never overlap there.
 pub fn gpu_names() -> Vec<String> {
     if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        let names: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let names: Vec<String> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if !names.is_empty() {
             return names;
         }
@@ -71,7 +76,8 @@ pub fn gpu_names() -> Vec<String> {
                 .filter(|e| {
                     let n = e.file_name();
                     let n = n.to_string_lossy();
-                    n.strip_prefix("nvidia").is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
+                    n.strip_prefix("nvidia")
+                        .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
                 })
                 .count()
         })
@@ -80,8 +86,17 @@ pub fn gpu_names() -> Vec<String> {
 }
 
 /// Runs `def` and archives its output. `gpus` are indices into `env.gpu_names`.
-pub fn execute(env: &Env<'_>, def: &StageDef, key: &str, gpus: &[usize], progress: &StageProgress) -> Result<RunEntry, Failure> {
-    let tmp = env.store.tmp_dir(&def.name).map_err(|e| Failure::msg(e.to_string()))?;
+pub fn execute(
+    env: &Env<'_>,
+    def: &StageDef,
+    key: &str,
+    gpus: &[usize],
+    progress: &StageProgress,
+) -> Result<RunEntry, Failure> {
+    let tmp = env
+        .store
+        .tmp_dir(&def.name)
+        .map_err(|e| Failure::msg(e.to_string()))?;
     let result = execute_in(env, def, key, gpus, progress, &tmp);
     let _ = crate::fsutil::remove_all(&tmp);
     result
@@ -101,8 +116,11 @@ fn execute_in(
     let summary = match &def.action {
         Action::Cmd(template) => {
             let params_file = tmp.join("params.json");
-            fs::write(&params_file, serde_json::to_vec_pretty(&def.params).expect("params serialize"))
-                .map_err(|e| Failure::msg(format!("{}: {e}", params_file.display())))?;
+            fs::write(
+                &params_file,
+                serde_json::to_vec_pretty(&def.params).expect("params serialize"),
+            )
+            .map_err(|e| Failure::msg(format!("{}: {e}", params_file.display())))?;
             let cmd = template
                 .render(|p| {
                     Ok::<_, ()>(match p {
@@ -124,7 +142,9 @@ fn execute_in(
                 .map(|(name, r)| {
                     let path = match r {
                         InputRef::Path(p) => env.ws.root.join(p),
-                        InputRef::Stage { stage, sub } => env.ws.artifact(stage).join(sub.trim_start_matches('/')),
+                        InputRef::Stage { stage, sub } => {
+                            env.ws.artifact(stage).join(sub.trim_start_matches('/'))
+                        }
                     };
                     (name.clone(), path)
                 })
@@ -134,7 +154,13 @@ fn execute_in(
                 .params
                 .get("seed")
                 .and_then(Value::as_u64)
-                .unwrap_or_else(|| u64::from_le_bytes(blake3::hash(def.name.as_bytes()).as_bytes()[..8].try_into().expect("8 bytes")));
+                .unwrap_or_else(|| {
+                    u64::from_le_bytes(
+                        blake3::hash(def.name.as_bytes()).as_bytes()[..8]
+                            .try_into()
+                            .expect("8 bytes"),
+                    )
+                });
             let ctx = Context {
                 stage: &def.name,
                 inputs: &inputs,
@@ -160,18 +186,25 @@ fn execute_in(
     };
     let duration_s = started.elapsed().as_secs_f64();
     let metrics = read_metrics(&out.join("metrics.json"));
-    let manifest = env.store.archive(&out, env.stat).map_err(|e| Failure::msg(e.to_string()))?;
+    let manifest = env
+        .store
+        .archive(&out, env.stat)
+        .map_err(|e| Failure::msg(e.to_string()))?;
     let run = RunEntry {
         key: key.to_string(),
         stage: def.name.clone(),
         out: crate::hash::manifest_digest(&manifest),
         manifest,
         duration_s,
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         summary,
         metrics,
     };
-    env.store.put_run(&run).map_err(|e| Failure::msg(e.to_string()))?;
+    env.store
+        .put_run(&run)
+        .map_err(|e| Failure::msg(e.to_string()))?;
     Ok(run)
 }
 
@@ -185,7 +218,8 @@ fn run_command(
     progress: &StageProgress,
 ) -> Result<(), Failure> {
     let log_path = env.store.log_path(&def.name);
-    let log = fs::File::create(&log_path).map_err(|e| Failure::msg(format!("{}: {e}", log_path.display())))?;
+    let log = fs::File::create(&log_path)
+        .map_err(|e| Failure::msg(format!("{}: {e}", log_path.display())))?;
     let log = Mutex::new(log);
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
@@ -207,13 +241,19 @@ fn run_command(
     // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
     unsafe {
         c.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("forge exited before the stage started"));
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::getppid() as u32 != parent
+            {
+                return Err(std::io::Error::other(
+                    "forge exited before the stage started",
+                ));
             }
             Ok(())
         });
     }
-    let mut child = c.spawn().map_err(|e| Failure::msg(format!("cannot start /bin/sh: {e}")))?;
+    let mut child = c
+        .spawn()
+        .map_err(|e| Failure::msg(format!("cannot start /bin/sh: {e}")))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let tail = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
@@ -243,7 +283,10 @@ fn run_command(
     if status.success() {
         return Ok(());
     }
-    let message = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+    let message = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
         (Some(code), _) => format!("command exited with status {code}"),
         (None, Some(sig)) => format!("command killed by signal {sig}"),
         _ => "command failed".to_string(),
@@ -275,7 +318,10 @@ fn log_line(log: &Mutex<fs::File>, verbose: bool, stage: &str, line: &str) {
 /// The numeric leaves of a stage's `metrics.json`, flattened to dotted names.
 pub fn read_metrics(path: &Path) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    if let Some(v) = fs::read(path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+    if let Some(v) = fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
         flatten("", &v, &mut out);
     }
     out
@@ -290,7 +336,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {
         }
         Value::Object(o) => {
             for (k, x) in o {
-                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&name, x, out);
             }
         }

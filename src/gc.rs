@@ -25,7 +25,9 @@ pub fn collect(ws: &Workspace, pipeline: &Pipeline, keep_days: f64) -> anyhow::R
         .filter(|(s, _)| pipeline.stages.contains_key(*s))
         .map(|(_, e)| e.key.as_str())
         .collect();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let horizon = now.saturating_sub((keep_days.max(0.0) * 86_400.0) as u64);
 
     let mut live: HashSet<String> = HashSet::new();
@@ -46,10 +48,16 @@ pub fn collect(ws: &Workspace, pipeline: &Pipeline, keep_days: f64) -> anyhow::R
     let objects = ws.cache.join("objects");
     for shard in fs::read_dir(&objects).with_context(|| format!("reading {}", objects.display()))? {
         let shard = shard?.path();
-        let prefix = shard.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = shard
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for obj in fs::read_dir(&shard).with_context(|| format!("reading {}", shard.display()))? {
             let obj = obj?.path();
-            let rest = obj.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let rest = obj
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if !live.contains(&format!("{prefix}{rest}")) {
                 freed += size_of(&obj);
                 fs::remove_file(&obj).with_context(|| format!("removing {}", obj.display()))?;
@@ -72,8 +80,13 @@ fn size_of(p: &Path) -> u64 {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    let Ok(items) = fs::read_dir(p) else { return size_of(p) };
-    items.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum()
+    let Ok(items) = fs::read_dir(p) else {
+        return size_of(p);
+    };
+    items
+        .filter_map(Result::ok)
+        .map(|e| dir_size(&e.path()))
+        .sum()
 }
 
 /// Bytes in binary units: `1.5 MiB`.
@@ -85,5 +98,9 @@ pub fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

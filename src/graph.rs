@@ -72,7 +72,11 @@ impl Dag {
                 }
             }
         }
-        Ok(Dag { graph, index, order })
+        Ok(Dag {
+            graph,
+            index,
+            order,
+        })
     }
 
     /// All stages, upstream first.
@@ -88,9 +92,10 @@ impl Dag {
         let mut keep = BTreeSet::new();
         let mut stack = Vec::new();
         for t in targets {
-            let n = *self.index.get(t).ok_or_else(|| {
-                format!("no stage `{t}` (stages: {})", self.order.join(", "))
-            })?;
+            let n = *self
+                .index
+                .get(t)
+                .ok_or_else(|| format!("no stage `{t}` (stages: {})", self.order.join(", ")))?;
             stack.push(n);
         }
         while let Some(n) = stack.pop() {
@@ -109,7 +114,10 @@ impl Dag {
     /// Direct upstream stages of `stage`, in topological order.
     pub fn upstream(&self, stage: &str) -> Vec<String> {
         let n = self.index[stage];
-        let ups: BTreeSet<NodeIndex> = self.graph.neighbors_directed(n, Direction::Incoming).collect();
+        let ups: BTreeSet<NodeIndex> = self
+            .graph
+            .neighbors_directed(n, Direction::Incoming)
+            .collect();
         self.order
             .iter()
             .filter(|s| ups.contains(&self.index[*s]))
@@ -120,7 +128,10 @@ impl Dag {
     pub fn render(&self, format: Format) -> String {
         let mut s = String::new();
         let edges = |n: NodeIndex| -> Vec<&str> {
-            let mut ups: Vec<NodeIndex> = self.graph.neighbors_directed(n, Direction::Incoming).collect();
+            let mut ups: Vec<NodeIndex> = self
+                .graph
+                .neighbors_directed(n, Direction::Incoming)
+                .collect();
             ups.sort();
             ups.into_iter().map(|u| self.graph[u].as_str()).collect()
         };
@@ -207,7 +218,8 @@ mod tests {
 
     fn dag(yaml: &str) -> Result<Dag, String> {
         let dir = tempfile::tempdir().unwrap();
-        let p = crate::config::parse(yaml, Path::new("forge.yaml"), dir.path(), &[]).map_err(|e| e.to_string())?;
+        let p = crate::config::parse(yaml, Path::new("forge.yaml"), dir.path(), &[])
+            .map_err(|e| e.to_string())?;
         Dag::build(&p).map_err(|e| e.to_string())
     }
 
@@ -219,14 +231,21 @@ mod tests {
         assert_eq!(d.order(), ["a", "b", "c", "d", "lone"]);
         assert_eq!(d.select(&["c".into()]).unwrap(), ["a", "c"]);
         assert_eq!(d.select(&["d".into()]).unwrap(), ["a", "b", "c", "d"]);
-        assert!(d.select(&["nope".into()]).unwrap_err().contains("no stage `nope`"));
+        assert!(
+            d.select(&["nope".into()])
+                .unwrap_err()
+                .contains("no stage `nope`")
+        );
         assert_eq!(d.upstream("d"), ["b", "c"]);
     }
 
     #[test]
     fn cycle_is_reported_with_its_stage_names() {
         let e = dag("stages:\n  x:\n    cmd: echo\n  a:\n    cmd: ${stages.c}\n  b:\n    cmd: ${stages.a}\n  c:\n    cmd: ${stages.b}\n").unwrap_err();
-        assert!(e.starts_with("forge.yaml:4:3: stages form a cycle: a → b → c → a"), "{e}");
+        assert!(
+            e.starts_with("forge.yaml:4:3: stages form a cycle: a → b → c → a"),
+            "{e}"
+        );
     }
 
     #[test]

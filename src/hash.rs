@@ -107,7 +107,10 @@ impl StatCache {
 
     /// Loads `file`; a missing or unreadable cache is an empty one (it is only a cache).
     pub fn load(file: &Path) -> StatCache {
-        let map = fs::read(file).ok().and_then(|b| decode(&b)).unwrap_or_default();
+        let map = fs::read(file)
+            .ok()
+            .and_then(|b| decode(&b))
+            .unwrap_or_default();
         StatCache {
             file: Some(file.to_path_buf()),
             map: Mutex::new(map),
@@ -117,7 +120,9 @@ impl StatCache {
 
     /// Writes the cache atomically if it changed.
     pub fn save(&self) -> Result<(), HashError> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -146,9 +151,14 @@ impl StatCache {
             return Ok(*hash);
         }
         let hash = hash_bytes(path, st.size)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
         if now - st.mtime_ns > RACY_NS {
-            self.map.lock().expect("stat cache lock").insert(path.to_path_buf(), (st, hash));
+            self.map
+                .lock()
+                .expect("stat cache lock")
+                .insert(path.to_path_buf(), (st, hash));
             self.dirty.store(true, Ordering::Release);
         }
         Ok(hash)
@@ -156,7 +166,13 @@ impl StatCache {
 
     /// Forgets `path` (its file is gone or known bad).
     pub fn forget(&self, path: &Path) {
-        if self.map.lock().expect("stat cache lock").remove(path).is_some() {
+        if self
+            .map
+            .lock()
+            .expect("stat cache lock")
+            .remove(path)
+            .is_some()
+        {
             self.dirty.store(true, Ordering::Release);
         }
     }
@@ -181,7 +197,17 @@ fn decode(b: &[u8]) -> Option<HashMap<PathBuf, (Stat, [u8; 32])>> {
         let mtime_ns = i128::from_le_bytes(take(&mut rest, 16)?.try_into().ok()?);
         let ino = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
         let hash: [u8; 32] = take(&mut rest, 32)?.try_into().ok()?;
-        map.insert(path, (Stat { size, mtime_ns, ino }, hash));
+        map.insert(
+            path,
+            (
+                Stat {
+                    size,
+                    mtime_ns,
+                    ino,
+                },
+                hash,
+            ),
+        );
     }
     Some(map)
 }
@@ -202,7 +228,9 @@ fn hash_bytes(path: &Path, size: u64) -> Result<[u8; 32], HashError> {
 /// The blake3 (hex) of one file, through the stat cache.
 pub fn file_hash(path: &Path, stat: &StatCache) -> Result<String, HashError> {
     let m = fs::metadata(path).map_err(io(path))?;
-    Ok(blake3::Hash::from(stat.hash(path, &m)?).to_hex().to_string())
+    Ok(blake3::Hash::from(stat.hash(path, &m)?)
+        .to_hex()
+        .to_string())
 }
 
 /// Whether symlinks inside a scanned directory are followed (inputs) or refused (outputs).
@@ -231,13 +259,22 @@ pub fn scan_dir(dir: &Path, stat: &StatCache, symlinks: Symlinks) -> Result<Vec<
         .collect()
 }
 
-fn walk(dir: &Path, prefix: &str, symlinks: Symlinks, out: &mut Vec<(String, PathBuf, fs::Metadata)>) -> Result<(), HashError> {
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    symlinks: Symlinks,
+    out: &mut Vec<(String, PathBuf, fs::Metadata)>,
+) -> Result<(), HashError> {
     for item in fs::read_dir(dir).map_err(io(dir))? {
         let item = item.map_err(io(dir))?;
         let path = item.path();
         let name = item.file_name();
         let name = name.to_string_lossy();
-        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let mut m = item.metadata().map_err(io(&path))?;
         if m.file_type().is_symlink() {
             if symlinks == Symlinks::Refuse {
@@ -264,7 +301,9 @@ pub fn content_hash(path: &Path, stat: &StatCache) -> Result<String, HashError> 
     } else if m.is_file() {
         file_hash(path, stat)
     } else {
-        Err(HashError::Special { path: path.to_path_buf() })
+        Err(HashError::Special {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -283,9 +322,16 @@ mod tests {
         }
         let s = StatCache::in_memory();
         let ha = content_hash(a.path(), &s).unwrap();
-        assert_eq!(ha, content_hash(b.path(), &s).unwrap(), "same tree, different place: same hash");
+        assert_eq!(
+            ha,
+            content_hash(b.path(), &s).unwrap(),
+            "same tree, different place: same hash"
+        );
         let m = scan_dir(a.path(), &s, Symlinks::Refuse).unwrap();
-        assert_eq!(m.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["sub/x.txt", "y"]);
+        assert_eq!(
+            m.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["sub/x.txt", "y"]
+        );
         assert_eq!(m[0].hash, blake3::hash(b"hello").to_hex().to_string());
 
         fs::set_permissions(b.path().join("y"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -302,27 +348,49 @@ mod tests {
         fs::write(&f, "one").unwrap();
         // Age the file so the racy-mtime guard lets it into the cache.
         let old = SystemTime::now() - std::time::Duration::from_secs(10);
-        fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         let cache_file = d.path().join("stat");
         let s = StatCache::load(&cache_file);
-        assert_eq!(file_hash(&f, &s).unwrap(), blake3::hash(b"one").to_hex().to_string());
+        assert_eq!(
+            file_hash(&f, &s).unwrap(),
+            blake3::hash(b"one").to_hex().to_string()
+        );
         s.save().unwrap();
 
         let s2 = StatCache::load(&cache_file);
         assert_eq!(s2.map.lock().unwrap().len(), 1);
         // Same size and mtime forced back: the cache answers (proving it is consulted) ...
         fs::write(&f, "two").unwrap();
-        fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
-        assert_eq!(file_hash(&f, &s2).unwrap(), blake3::hash(b"one").to_hex().to_string());
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            file_hash(&f, &s2).unwrap(),
+            blake3::hash(b"one").to_hex().to_string()
+        );
         // ... and any stat change makes it rehash.
         fs::write(&f, "three").unwrap();
-        assert_eq!(file_hash(&f, &s2).unwrap(), blake3::hash(b"three").to_hex().to_string());
+        assert_eq!(
+            file_hash(&f, &s2).unwrap(),
+            blake3::hash(b"three").to_hex().to_string()
+        );
     }
 
     #[test]
     fn outputs_refuse_symlinks() {
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc/hostname", d.path().join("l")).unwrap();
-        assert!(matches!(scan_dir(d.path(), &StatCache::in_memory(), Symlinks::Refuse), Err(HashError::Symlink { .. })));
+        assert!(matches!(
+            scan_dir(d.path(), &StatCache::in_memory(), Symlinks::Refuse),
+            Err(HashError::Symlink { .. })
+        ));
     }
 }

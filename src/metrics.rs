@@ -27,7 +27,10 @@ pub fn show(ws: &Workspace, stages: &[String], json: bool) -> anyhow::Result<Str
     }
     let rows: Vec<[String; 3]> = all
         .iter()
-        .flat_map(|(s, m)| m.iter().map(move |(k, v)| [s.to_string(), k.clone(), fmt_num(*v)]))
+        .flat_map(|(s, m)| {
+            m.iter()
+                .map(move |(k, v)| [s.to_string(), k.clone(), fmt_num(*v)])
+        })
         .collect();
     Ok(table(&["stage", "metric", "value"], &rows))
 }
@@ -43,9 +46,11 @@ pub fn diff(ws: &Workspace, against: Option<&Path>) -> anyhow::Result<String> {
             prev_path.display()
         );
     }
-    let old = LockFile::read(&prev_path).with_context(|| format!("reading {}", prev_path.display()))?;
+    let old =
+        LockFile::read(&prev_path).with_context(|| format!("reading {}", prev_path.display()))?;
     let mut rows = Vec::new();
-    let stages: std::collections::BTreeSet<&String> = now.stages.keys().chain(old.stages.keys()).collect();
+    let stages: std::collections::BTreeSet<&String> =
+        now.stages.keys().chain(old.stages.keys()).collect();
     for s in stages {
         let empty = BTreeMap::new();
         let a = old.stages.get(s).map_or(&empty, |e| &e.metrics);
@@ -57,7 +62,9 @@ pub fn diff(ws: &Workspace, against: Option<&Path>) -> anyhow::Result<String> {
                 continue;
             }
             let change = match (x, y) {
-                (Some(x), Some(y)) => format!("{}{}", if y >= x { "+" } else { "" }, fmt_num(y - x)),
+                (Some(x), Some(y)) => {
+                    format!("{}{}", if y >= x { "+" } else { "" }, fmt_num(y - x))
+                }
                 _ => "—".into(),
             };
             let show = |v: Option<&f64>| v.map_or_else(|| "—".to_string(), |v| fmt_num(*v));
@@ -88,7 +95,11 @@ fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         let _ = writeln!(out, "{}", s.join("  ").trim_end());
     };
     line(head.to_vec(), &mut out);

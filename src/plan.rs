@@ -23,7 +23,10 @@ pub enum Reason {
     NeverRan,
     Forced,
     /// Built-in kind or version changed, or the command text changed.
-    ActionChanged { old: String, new: String },
+    ActionChanged {
+        old: String,
+        new: String,
+    },
     ParamChanged {
         stage: String,
         name: String,
@@ -35,25 +38,50 @@ pub enum Reason {
         old: Option<Value>,
         new: Option<Value>,
     },
-    InputChanged { name: String },
-    UpstreamStale { stage: String },
-    OutputMissing { path: String },
-    OutputModified { path: String },
+    InputChanged {
+        name: String,
+    },
+    UpstreamStale {
+        stage: String,
+    },
+    OutputMissing {
+        path: String,
+    },
+    OutputModified {
+        path: String,
+    },
     /// The key differs for a reason the lock cannot show (e.g. a new cache schema).
     KeyChanged,
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |v: &Option<Value>| v.as_ref().map_or_else(|| "(unset)".to_string(), |v| v.to_string());
+        let show = |v: &Option<Value>| {
+            v.as_ref()
+                .map_or_else(|| "(unset)".to_string(), |v| v.to_string())
+        };
         match self {
             Reason::NeverRan => f.write_str("never ran"),
             Reason::Forced => f.write_str("forced"),
-            Reason::ActionChanged { old, new } => write!(f, "stage version or command changed: {old} → {new}"),
-            Reason::ParamChanged { stage, name, old, new } => {
-                write!(f, "param `{stage}.{name}` changed {} → {}", show(old), show(new))
+            Reason::ActionChanged { old, new } => {
+                write!(f, "stage version or command changed: {old} → {new}")
             }
-            Reason::VarChanged { name, old, new } => write!(f, "var `{name}` changed {} → {}", show(old), show(new)),
+            Reason::ParamChanged {
+                stage,
+                name,
+                old,
+                new,
+            } => {
+                write!(
+                    f,
+                    "param `{stage}.{name}` changed {} → {}",
+                    show(old),
+                    show(new)
+                )
+            }
+            Reason::VarChanged { name, old, new } => {
+                write!(f, "var `{name}` changed {} → {}", show(old), show(new))
+            }
             Reason::InputChanged { name } => match name.strip_prefix("stages.") {
                 Some(up) => write!(f, "upstream `{up}` produced a new output"),
                 None => write!(f, "input `{name}` changed"),
@@ -135,7 +163,11 @@ fn write_canonical(v: &Value, h: &mut blake3::Hasher) {
 
 /// What differs between the lock's record of a stage and its definition now. `inputs` holds each
 /// input's hash where known; `None` means the input comes from a stale upstream stage.
-pub fn reasons(def: &StageDef, entry: Option<&LockEntry>, inputs: &BTreeMap<String, Option<String>>) -> Vec<Reason> {
+pub fn reasons(
+    def: &StageDef,
+    entry: Option<&LockEntry>,
+    inputs: &BTreeMap<String, Option<String>>,
+) -> Vec<Reason> {
     let Some(entry) = entry else {
         return vec![Reason::NeverRan];
     };
@@ -181,7 +213,9 @@ pub fn reasons(def: &StageDef, entry: Option<&LockEntry>, inputs: &BTreeMap<Stri
                 let stage = name.strip_prefix("stages.").unwrap_or(name).to_string();
                 out.push(Reason::UpstreamStale { stage });
             }
-            Some(h) if entry.inputs.get(name) != Some(h) => out.push(Reason::InputChanged { name: name.clone() }),
+            Some(h) if entry.inputs.get(name) != Some(h) => {
+                out.push(Reason::InputChanged { name: name.clone() })
+            }
             Some(_) => {}
         }
     }
@@ -234,12 +268,20 @@ mod tests {
 
     #[test]
     fn reasons_name_each_difference() {
-        let old = def("vars: {m: a}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 1.0e-4}\n");
-        let new = def("vars: {m: b}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 2.0e-4}\n");
+        let old =
+            def("vars: {m: a}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 1.0e-4}\n");
+        let new =
+            def("vars: {m: b}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 2.0e-4}\n");
         let ins = BTreeMap::from([("data".to_string(), "h1".to_string())]);
         let e = entry(&old, &ins);
-        let now = BTreeMap::from([("data".to_string(), Some("h2".to_string())), ("stages.up".to_string(), None)]);
-        let text: Vec<String> = reasons(&new, Some(&e), &now).iter().map(ToString::to_string).collect();
+        let now = BTreeMap::from([
+            ("data".to_string(), Some("h2".to_string())),
+            ("stages.up".to_string(), None),
+        ]);
+        let text: Vec<String> = reasons(&new, Some(&e), &now)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             text,
             [
@@ -251,7 +293,10 @@ mod tests {
             ]
         );
         assert_eq!(reasons(&new, None, &now), [Reason::NeverRan]);
-        let same: BTreeMap<_, _> = ins.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        let same: BTreeMap<_, _> = ins
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
         assert!(reasons(&old, Some(&e), &same).is_empty());
     }
 }

@@ -29,11 +29,11 @@ impl Ui {
     /// A result line: `ran      sft      12.1s  ...`.
     pub fn result(&self, status: &str, stage: &str, detail: &str) {
         let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
-        let line = format!("{status:<9}{stage:<w$}  {detail}", w = self.width);
+        let line = format!("{status:<8} {stage:<w$}  {detail}", w = self.width);
         let line = line.trim_end();
         match &self.multi {
             Some(m) => {
-                let _ = m.suspend(|| println!("{line}"));
+                m.suspend(|| println!("{line}"));
             }
             None => println!("{line}"),
         }
@@ -51,8 +51,12 @@ impl Ui {
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:<w$} {elapsed:>4} {msg}".replace("w$", &self.width.to_string()).as_str())
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{spinner} {prefix:<w$} {elapsed:>4} {msg}"
+                        .replace("w$", &self.width.to_string())
+                        .as_str(),
+                )
+                .expect("valid template"),
             );
             bar.set_prefix(stage.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -98,7 +102,11 @@ impl forge_stages::Progress for StageProgress {
             }
             None => done.to_string(),
         };
-        let text = if message.is_empty() { steps } else { format!("{steps} {message}") };
+        let text = if message.is_empty() {
+            steps
+        } else {
+            format!("{steps} {message}")
+        };
         match &self.bar {
             Some(b) => b.set_message(text),
             None => {
@@ -129,7 +137,10 @@ mod tests {
 
     #[test]
     fn progress_lines_parse() {
-        assert_eq!(parse_progress_line("::progress:: 3/10 loss=0.5"), Some((3, Some(10), "loss=0.5")));
+        assert_eq!(
+            parse_progress_line("::progress:: 3/10 loss=0.5"),
+            Some((3, Some(10), "loss=0.5"))
+        );
         assert_eq!(parse_progress_line("::progress:: 7"), Some((7, None, "")));
         assert_eq!(parse_progress_line("::progress:: x/10"), None);
         assert_eq!(parse_progress_line("progress 3/10"), None);
@@ -137,7 +148,10 @@ mod tests {
 
     #[test]
     fn eta_extrapolates_linearly() {
-        assert_eq!(eta(Duration::from_secs(10), 1, 4), Some(Duration::from_secs(30)));
+        assert_eq!(
+            eta(Duration::from_secs(10), 1, 4),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(eta(Duration::from_secs(10), 0, 4), None);
     }
 }

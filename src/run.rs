@@ -84,7 +84,9 @@ enum Done {
 
 /// A stage's state before anything runs.
 enum Eval {
-    Fresh { out: String },
+    Fresh {
+        out: String,
+    },
     /// `key` is None when an upstream is stale, so the inputs are not known yet.
     Stale {
         key: Option<String>,
@@ -92,6 +94,9 @@ enum Eval {
         reasons: Vec<Reason>,
     },
 }
+
+/// A stage waiting for a worker: its definition, key, input hashes and why it runs.
+type Job<'p> = (&'p StageDef, String, BTreeMap<String, String>, Vec<Reason>);
 
 pub struct Engine<'a> {
     pub ws: &'a Workspace,
@@ -113,7 +118,11 @@ pub struct StageStatus {
 }
 
 impl<'a> Engine<'a> {
-    pub fn open(ws: &'a Workspace, pipeline: &'a Pipeline, dag: &'a Dag) -> Result<Engine<'a>, EngineError> {
+    pub fn open(
+        ws: &'a Workspace,
+        pipeline: &'a Pipeline,
+        dag: &'a Dag,
+    ) -> Result<Engine<'a>, EngineError> {
         Ok(Engine {
             store: Store::open(&ws.cache)?,
             stat: StatCache::load(&ws.cache.join("stat-cache")),
@@ -124,7 +133,13 @@ impl<'a> Engine<'a> {
         })
     }
 
-    fn evaluate(&self, lock: &LockFile, def: &StageDef, done: &HashMap<String, Done>, forced: bool) -> Result<Eval, EngineError> {
+    fn evaluate(
+        &self,
+        lock: &LockFile,
+        def: &StageDef,
+        done: &HashMap<String, Done>,
+        forced: bool,
+    ) -> Result<Eval, EngineError> {
         let mut known = BTreeMap::new();
         let mut hashes = BTreeMap::new();
         for (name, r) in &def.inputs {
@@ -224,7 +239,9 @@ impl<'a> Engine<'a> {
         if let Force::Stages(s) = &opts.force
             && let Some(bad) = s.iter().find(|s| !self.pipeline.stages.contains_key(*s))
         {
-            return Err(EngineError::Usage(format!("--force={bad}: no stage `{bad}`")));
+            return Err(EngineError::Usage(format!(
+                "--force={bad}: no stage `{bad}`"
+            )));
         }
         let gpu_names = exec::gpu_names();
         for name in &selected {
@@ -245,12 +262,17 @@ impl<'a> Engine<'a> {
         let mut summary = RunSummary::default();
         let mut done: HashMap<String, Done> = HashMap::new();
         let mut pending: VecDeque<&str> = selected.iter().map(String::as_str).collect();
-        let mut queue: VecDeque<(&StageDef, String, BTreeMap<String, String>, Vec<Reason>)> = VecDeque::new();
+        let mut queue: VecDeque<Job> = VecDeque::new();
         let mut free_gpus = vec![true; gpu_names.len()];
         let mut running = 0usize;
         let mut stop = false;
         let jobs = opts.jobs.max(1);
-        type Finished = (String, Vec<usize>, BTreeMap<String, String>, Result<RunEntry, Failure>);
+        type Finished = (
+            String,
+            Vec<usize>,
+            BTreeMap<String, String>,
+            Result<RunEntry, Failure>,
+        );
         let (tx, rx) = mpsc::channel::<Finished>();
         let mut why_ran: HashMap<String, Vec<Reason>> = HashMap::new();
 
@@ -264,7 +286,11 @@ impl<'a> Engine<'a> {
                         still.push_back(name);
                         continue;
                     }
-                    if let Some(bad) = def.upstream.iter().find(|u| matches!(done[*u], Done::Failed | Done::Skipped)) {
+                    if let Some(bad) = def
+                        .upstream
+                        .iter()
+                        .find(|u| matches!(done[*u], Done::Failed | Done::Skipped))
+                    {
                         ui.result("skipped", name, &format!("upstream `{bad}` did not finish"));
                         done.insert(name.to_string(), Done::Skipped);
                         summary.skipped += 1;
@@ -289,11 +315,17 @@ impl<'a> Engine<'a> {
                             done.insert(name.to_string(), Done::Out(out));
                             summary.fresh += 1;
                         }
-                        Ok(Eval::Stale { key: None, reasons, .. }) => {
+                        Ok(Eval::Stale {
+                            key: None, reasons, ..
+                        }) => {
                             ui.result("would run", name, &join(&reasons));
                             done.insert(name.to_string(), Done::Stale);
                         }
-                        Ok(Eval::Stale { key: Some(key), inputs, reasons }) => {
+                        Ok(Eval::Stale {
+                            key: Some(key),
+                            inputs,
+                            reasons,
+                        }) => {
                             let cached = (!forced)
                                 .then(|| self.store.get_run(&key))
                                 .flatten()
@@ -304,7 +336,8 @@ impl<'a> Engine<'a> {
                                     done.insert(name.to_string(), Done::Out(run.out));
                                 }
                                 (Some(run), false) => {
-                                    self.store.materialize(&run.manifest, &self.ws.artifact(name))?;
+                                    self.store
+                                        .materialize(&run.manifest, &self.ws.artifact(name))?;
                                     self.record(&mut lock, def, inputs, &run, &mut prev)?;
                                     ui.result("restored", name, &because(&reasons));
                                     done.insert(name.to_string(), Done::Out(run.out));
@@ -330,11 +363,16 @@ impl<'a> Engine<'a> {
                 }
                 // Start what fits: at most `jobs` at once, GPUs never shared.
                 while running < jobs {
-                    let Some(pos) = queue.iter().position(|(d, ..)| free_gpus.iter().filter(|f| **f).count() >= d.gpus as usize) else {
+                    let Some(pos) = queue.iter().position(|(d, ..)| {
+                        free_gpus.iter().filter(|f| **f).count() >= d.gpus as usize
+                    }) else {
                         break;
                     };
                     let (def, key, inputs, reasons) = queue.remove(pos).expect("position is valid");
-                    let gpus: Vec<usize> = (0..free_gpus.len()).filter(|&i| free_gpus[i]).take(def.gpus as usize).collect();
+                    let gpus: Vec<usize> = (0..free_gpus.len())
+                        .filter(|&i| free_gpus[i])
+                        .take(def.gpus as usize)
+                        .collect();
                     for &g in &gpus {
                         free_gpus[g] = false;
                     }
@@ -371,10 +409,12 @@ impl<'a> Engine<'a> {
                 let def = &self.pipeline.stages[&name];
                 match result {
                     Ok(run) => {
-                        self.store.materialize(&run.manifest, &self.ws.artifact(&name))?;
+                        self.store
+                            .materialize(&run.manifest, &self.ws.artifact(&name))?;
                         self.record(&mut lock, def, inputs, &run, &mut prev)?;
                         let why = why_ran.remove(&name).unwrap_or_default();
-                        let detail = format!("{:.1}s  {}  {}", run.duration_s, run.summary, because(&why));
+                        let detail =
+                            format!("{:.1}s  {}  {}", run.duration_s, run.summary, because(&why));
                         ui.result("ran", &name, &detail);
                         done.insert(name, Done::Out(run.out));
                         summary.ran += 1;
@@ -403,10 +443,12 @@ impl<'a> Engine<'a> {
             let def = &self.pipeline.stages[name];
             let (d, reasons, restorable) = match self.evaluate(&self.lock, def, &done, false)? {
                 Eval::Fresh { out } => (Done::Out(out), Vec::new(), false),
-                Eval::Stale { key, reasons, .. } => match key.and_then(|k| self.store.get_run(&k)) {
-                    Some(run) => (Done::Out(run.out), reasons, true),
-                    None => (Done::Stale, reasons, false),
-                },
+                Eval::Stale { key, reasons, .. } => {
+                    match key.and_then(|k| self.store.get_run(&k)) {
+                        Some(run) => (Done::Out(run.out), reasons, true),
+                        None => (Done::Stale, reasons, false),
+                    }
+                }
             };
             let state = match (&d, self.lock.stages.contains_key(name)) {
                 (_, false) => "never-run",
@@ -427,7 +469,11 @@ impl<'a> Engine<'a> {
 }
 
 fn join(reasons: &[Reason]) -> String {
-    reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The reasons worth showing on a result line (`never ran` goes without saying).
@@ -436,7 +482,14 @@ fn because(reasons: &[Reason]) -> String {
     if shown.is_empty() {
         String::new()
     } else {
-        format!("({})", shown.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        format!(
+            "({})",
+            shown
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     }
 }
 

@@ -132,7 +132,10 @@ impl Store {
         match file_hash(&p, stat) {
             Ok(h) if h == e.hash => true,
             Ok(_) => {
-                eprintln!("warning: cache object {} does not match its hash; discarding it", p.display());
+                eprintln!(
+                    "warning: cache object {} does not match its hash; discarding it",
+                    p.display()
+                );
                 stat.forget(&p);
                 let _ = fs::remove_file(&p);
                 false
@@ -160,7 +163,9 @@ impl Store {
         let mut out = Vec::new();
         for item in fs::read_dir(&dir).map_err(io(&dir))? {
             let p = item.map_err(io(&dir))?.path();
-            let run = fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let run = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             out.push((p, run));
         }
         Ok(out)
@@ -177,7 +182,9 @@ impl Store {
     pub fn materialize(&self, manifest: &[Entry], dest: &Path) -> Result<(), StoreError> {
         let parent = dest.parent().expect("artifact dirs have a parent");
         fs::create_dir_all(parent).map_err(io(parent))?;
-        let name = dest.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let name = dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let staging = parent.join(format!(".tmp-{}", unique_name(&name)));
         fs::create_dir_all(&staging).map_err(io(&staging))?;
         let built = (|| {
@@ -217,10 +224,15 @@ fn link(object: &Path, to: &Path, exec: bool) -> Result<(), StoreError> {
 
 /// Removes materialization leftovers (`.tmp-*`, `.old-*`) under the artifacts directory.
 pub fn clear_artifact_leftovers(artifacts: &Path) -> Result<(), StoreError> {
-    let Ok(items) = fs::read_dir(artifacts) else { return Ok(()) };
+    let Ok(items) = fs::read_dir(artifacts) else {
+        return Ok(());
+    };
     for item in items {
         let p = item.map_err(io(artifacts))?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with(".tmp-") || name.starts_with(".old-") {
             remove_all(&p).map_err(io(&p))?;
         }
@@ -247,22 +259,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(&d.path().join("cache")).unwrap();
         let stat = StatCache::in_memory();
-        let out = build(&store, &[("a.txt", "A"), ("sub/b.txt", "B"), ("dup.txt", "A")]);
+        let out = build(
+            &store,
+            &[("a.txt", "A"), ("sub/b.txt", "B"), ("dup.txt", "A")],
+        );
         let manifest = store.archive(&out, &stat).unwrap();
         assert!(!out.exists());
         assert_eq!(manifest.len(), 3);
         let dest = d.path().join("artifacts/s");
         store.materialize(&manifest, &dest).unwrap();
         assert_eq!(fs::read_to_string(dest.join("sub/b.txt")).unwrap(), "B");
-        assert_eq!(fs::metadata(dest.join("a.txt")).unwrap().permissions().mode() & 0o222, 0);
-        assert_eq!(manifest_digest(&scan_dir(&dest, &stat, Symlinks::Refuse).unwrap()), manifest_digest(&manifest));
+        assert_eq!(
+            fs::metadata(dest.join("a.txt"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o222,
+            0
+        );
+        assert_eq!(
+            manifest_digest(&scan_dir(&dest, &stat, Symlinks::Refuse).unwrap()),
+            manifest_digest(&manifest)
+        );
 
         // Re-materializing a different manifest replaces the tree completely.
         let out2 = build(&store, &[("c.txt", "C")]);
         let m2 = store.archive(&out2, &stat).unwrap();
         store.materialize(&m2, &dest).unwrap();
         assert!(!dest.join("a.txt").exists() && dest.join("c.txt").exists());
-        assert_eq!(fs::read_dir(d.path().join("artifacts")).unwrap().count(), 1, "no staging leftovers");
+        assert_eq!(
+            fs::read_dir(d.path().join("artifacts")).unwrap().count(),
+            1,
+            "no staging leftovers"
+        );
     }
 
     #[test]
@@ -270,7 +299,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path()).unwrap();
         let stat = StatCache::in_memory();
-        let m = store.archive(&build(&store, &[("x", "good bytes")]), &stat).unwrap();
+        let m = store
+            .archive(&build(&store, &[("x", "good bytes")]), &stat)
+            .unwrap();
         let run = RunEntry {
             key: "k".into(),
             stage: "s".into(),

@@ -17,7 +17,9 @@ impl Workspace {
     /// The workspace of the pipeline file `config` (its directory is the root).
     pub fn of(config: &Path) -> std::io::Result<Workspace> {
         let config = std::path::absolute(config)?;
-        let root = config.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        let root = config
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
         Ok(Workspace {
             artifacts: root.join("artifacts"),
             cache: root.join("cache"),
@@ -37,9 +39,17 @@ impl Workspace {
         let path = self.cache.join("workspace.lock");
         let open = || -> std::io::Result<File> {
             std::fs::create_dir_all(&self.cache)?;
-            File::options().read(true).write(true).create(true).truncate(false).open(&path)
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
         };
-        let mut file = open().map_err(|e| LockBusy::Io { path: path.clone(), source: e })?;
+        let mut file = open().map_err(|e| LockBusy::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -51,7 +61,10 @@ impl Workspace {
                     "forge: waiting for another forge (pid {}) to release the workspace...",
                     pid.map_or_else(|| "?".to_string(), |p| p.to_string())
                 );
-                file.lock().map_err(|e| LockBusy::Io { path: path.clone(), source: e })?;
+                file.lock().map_err(|e| LockBusy::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
             }
             Err(TryLockError::Error(e)) => return Err(LockBusy::Io { path, source: e }),
         }

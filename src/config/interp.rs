@@ -28,9 +28,9 @@ impl Template {
         while let Some(i) = rest.find('$') {
             lit.push_str(&rest[..i]);
             let after = &rest[i..];
-            if after.starts_with("$${") {
+            if let Some(r) = after.strip_prefix("$${") {
                 lit.push_str("${");
-                rest = &after[3..];
+                rest = r;
             } else if let Some(body) = after.strip_prefix("${") {
                 let end = body
                     .find('}')
@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn parses_every_reference_kind() {
-        let t = Template::parse("python x.py ${stages.sft}/m.jsonl ${out}/a ${params.dpi} ${vars.model}").unwrap();
+        let t = Template::parse(
+            "python x.py ${stages.sft}/m.jsonl ${out}/a ${params.dpi} ${vars.model}",
+        )
+        .unwrap();
         assert_eq!(
             t.pieces,
             vec![
@@ -139,22 +142,36 @@ mod tests {
     #[test]
     fn escapes_and_plain_dollars_stay_literal() {
         let t = Template::parse("echo $$${HOME} $HOME $${out}").unwrap();
-        assert_eq!(t.pieces, vec![Piece::Lit("echo $${HOME} $HOME ${out}".into())]);
+        assert_eq!(
+            t.pieces,
+            vec![Piece::Lit("echo $${HOME} $HOME ${out}".into())]
+        );
         let round: String = t.pieces.iter().map(|p| p.to_string()).collect();
         assert_eq!(Template::parse(&round).unwrap(), t);
     }
 
     #[test]
     fn rejects_unknown_and_unterminated_references() {
-        assert!(Template::parse("${foo.bar}").unwrap_err().contains("unknown reference `${foo.bar}`"));
+        assert!(
+            Template::parse("${foo.bar}")
+                .unwrap_err()
+                .contains("unknown reference `${foo.bar}`")
+        );
         assert!(Template::parse("${vars.}").is_err());
         assert!(Template::parse("${vars.a b}").is_err());
-        assert!(Template::parse("a ${vars.x").unwrap_err().contains("unterminated"));
+        assert!(
+            Template::parse("a ${vars.x")
+                .unwrap_err()
+                .contains("unterminated")
+        );
     }
 
     #[test]
     fn single_reference_is_detected() {
-        assert_eq!(Template::parse("${vars.lr}").unwrap().single(), Some(&Piece::Var("lr".into())));
+        assert_eq!(
+            Template::parse("${vars.lr}").unwrap().single(),
+            Some(&Piece::Var("lr".into()))
+        );
         assert_eq!(Template::parse("x${vars.lr}").unwrap().single(), None);
     }
 }

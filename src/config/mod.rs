@@ -124,15 +124,24 @@ impl Set {
     /// Parses `STAGE.PARAM=VALUE`; VALUE is read as a YAML scalar (number, bool, string...).
     pub fn parse(text: &str) -> Result<Set, ConfigError> {
         let bad = |why: &str| ConfigError::Set(format!("--set `{text}`: {why}"));
-        let (lhs, value) = text.split_once('=').ok_or_else(|| bad("expected STAGE.PARAM=VALUE"))?;
-        let (stage, param) = lhs.split_once('.').ok_or_else(|| bad("expected STAGE.PARAM=VALUE"))?;
-        if stage.is_empty() || param.is_empty() || !stage.chars().all(is_name_char) || !param.chars().all(is_name_char) {
+        let (lhs, value) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected STAGE.PARAM=VALUE"))?;
+        let (stage, param) = lhs
+            .split_once('.')
+            .ok_or_else(|| bad("expected STAGE.PARAM=VALUE"))?;
+        if stage.is_empty()
+            || param.is_empty()
+            || !stage.chars().all(is_name_char)
+            || !param.chars().all(is_name_char)
+        {
             return Err(bad("expected STAGE.PARAM=VALUE with plain names"));
         }
         let value = if value.trim().is_empty() {
             Value::String(value.to_string())
         } else {
-            serde_saphyr::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()))
+            serde_saphyr::from_str::<Value>(value)
+                .unwrap_or_else(|_| Value::String(value.to_string()))
         };
         Ok(Set {
             stage: stage.to_string(),
@@ -177,10 +186,16 @@ pub fn parse(text: &str, file: &Path, root: &Path, sets: &[Set]) -> Result<Pipel
 
     for (name, value) in &raw.vars {
         if !name.chars().all(is_name_char) {
-            return Err(at(value.into(), format!("var `{name}`: names may hold only letters, digits, `_` and `-`")));
+            return Err(at(
+                value.into(),
+                format!("var `{name}`: names may hold only letters, digits, `_` and `-`"),
+            ));
         }
         if contains_reference(&value.value) {
-            return Err(at(value.into(), format!("var `{name}` may not contain `${{...}}` references")));
+            return Err(at(
+                value.into(),
+                format!("var `{name}` may not contain `${{...}}` references"),
+            ));
         }
     }
     let vars: BTreeMap<&str, (&Value, Loc)> = raw
@@ -189,8 +204,11 @@ pub fn parse(text: &str, file: &Path, root: &Path, sets: &[Set]) -> Result<Pipel
         .map(|(k, v)| (k.as_str(), (&v.value, Loc::from(v))))
         .collect();
 
-    let all: IndexMap<String, (Loc, RawStage)> =
-        raw.stages.into_iter().map(|(k, v)| (k.value.clone(), (Loc::from(&k), v))).collect();
+    let all: IndexMap<String, (Loc, RawStage)> = raw
+        .stages
+        .into_iter()
+        .map(|(k, v)| (k.value.clone(), (Loc::from(&k), v)))
+        .collect();
     for set in sets {
         if !all.contains_key(&set.stage) {
             return Err(ConfigError::Set(format!(
@@ -234,7 +252,9 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     };
     let msg = msg.split(", set DuplicateKeyPolicy").next().unwrap_or(msg);
     match msg.strip_prefix("invalid ") {
-        Some(ty) if ty.starts_with('u') || ty.starts_with('i') => format!("expected an integer ({ty})"),
+        Some(ty) if ty.starts_with('u') || ty.starts_with('i') => {
+            format!("expected an integer ({ty})")
+        }
         _ => msg.to_string(),
     }
 }
@@ -270,7 +290,10 @@ impl StageCx<'_> {
     fn validate(&self, raw: &RawStage) -> Result<StageDef, ConfigError> {
         let name = self.name;
         if !name.chars().all(is_name_char) {
-            return Err(self.err(self.at, format!("stage `{name}`: names may hold only letters, digits, `_` and `-`")));
+            return Err(self.err(
+                self.at,
+                format!("stage `{name}`: names may hold only letters, digits, `_` and `-`"),
+            ));
         }
         let mut used_vars = BTreeMap::new();
         let mut upstream = BTreeSet::new();
@@ -285,12 +308,21 @@ impl StageCx<'_> {
         for need in &raw.needs {
             self.check_stage_ref(&need.value, need.into())?;
             upstream.insert(need.value.clone());
-            inputs.insert(format!("stages.{}", need.value), InputRef::Stage { stage: need.value.clone(), sub: String::new() });
+            inputs.insert(
+                format!("stages.{}", need.value),
+                InputRef::Stage {
+                    stage: need.value.clone(),
+                    sub: String::new(),
+                },
+            );
         }
 
         let action = match (&raw.uses, &raw.cmd) {
             (Some(_), Some(cmd)) => {
-                return Err(self.err(cmd.into(), format!("stage `{name}` has both `uses:` and `cmd:`; give one")));
+                return Err(self.err(
+                    cmd.into(),
+                    format!("stage `{name}` has both `uses:` and `cmd:`; give one"),
+                ));
             }
             (None, None) => {
                 return Err(self.err(
@@ -301,8 +333,18 @@ impl StageCx<'_> {
             (Some(uses), None) => {
                 let stage = forge_stages::lookup(&uses.value).ok_or_else(|| {
                     let kinds: Vec<_> = forge_stages::registry().iter().map(|s| s.kind()).collect();
-                    let known = if kinds.is_empty() { "none yet".to_string() } else { kinds.join(", ") };
-                    self.err(uses.into(), format!("stage `{name}`: unknown stage kind `{}` (built-in kinds: {known})", uses.value))
+                    let known = if kinds.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        kinds.join(", ")
+                    };
+                    self.err(
+                        uses.into(),
+                        format!(
+                            "stage `{name}`: unknown stage kind `{}` (built-in kinds: {known})",
+                            uses.value
+                        ),
+                    )
                 })?;
                 if let Some(dep) = raw.deps.first() {
                     return Err(self.err(dep.into(), format!("stage `{name}`: `deps:` is for `cmd:` stages; a built-in stage takes `inputs:`")));
@@ -312,7 +354,14 @@ impl StageCx<'_> {
                     let loc = Loc::from(value);
                     if !stage.inputs().iter().any(|i| i.name == input) {
                         let names: Vec<_> = stage.inputs().iter().map(|i| i.name).collect();
-                        return Err(self.err(loc, format!("stage `{name}`: `{}` has no input `{input}` (inputs: {})", stage.kind(), names.join(", "))));
+                        return Err(self.err(
+                            loc,
+                            format!(
+                                "stage `{name}`: `{}` has no input `{input}` (inputs: {})",
+                                stage.kind(),
+                                names.join(", ")
+                            ),
+                        ));
                     }
                     let r = self.input_ref(&value.value, loc, &mut used_vars)?;
                     if let InputRef::Stage { stage, .. } = &r {
@@ -320,8 +369,19 @@ impl StageCx<'_> {
                     }
                     inputs.insert(input.clone(), r);
                 }
-                if let Some(missing) = stage.inputs().iter().find(|i| i.required && !raw.inputs.contains_key(i.name)) {
-                    return Err(self.err(self.at, format!("stage `{name}`: `{}` needs input `{}`", stage.kind(), missing.name)));
+                if let Some(missing) = stage
+                    .inputs()
+                    .iter()
+                    .find(|i| i.required && !raw.inputs.contains_key(i.name))
+                {
+                    return Err(self.err(
+                        self.at,
+                        format!(
+                            "stage `{name}`: `{}` needs input `{}`",
+                            stage.kind(),
+                            missing.name
+                        ),
+                    ));
                 }
                 let resolved = stage.check_params(&Value::Object(params)).map_err(|e| {
                     let top = e.path.split(['.', '[']).next().unwrap_or("");
@@ -329,15 +389,30 @@ impl StageCx<'_> {
                         .params
                         .get(top)
                         .map(Loc::from)
-                        .or_else(|| raw.params.iter().find(|(k, _)| e.message.contains(&format!("`{k}`"))).map(|(_, v)| Loc::from(v)))
+                        .or_else(|| {
+                            raw.params
+                                .iter()
+                                .find(|(k, _)| e.message.contains(&format!("`{k}`")))
+                                .map(|(_, v)| Loc::from(v))
+                        })
                         .unwrap_or(self.at);
-                    let from_set = if self.sets.is_empty() { "" } else { " (with --set applied)" };
-                    self.err(loc, format!("stage `{name}` (uses: {}): {e}{from_set}", stage.kind()))
+                    let from_set = if self.sets.is_empty() {
+                        ""
+                    } else {
+                        " (with --set applied)"
+                    };
+                    self.err(
+                        loc,
+                        format!("stage `{name}` (uses: {}): {e}{from_set}", stage.kind()),
+                    )
                 })?;
                 params = match resolved {
                     Value::Object(m) => m,
                     other => {
-                        return Err(self.err(self.at, format!("stage `{name}`: params resolve to {other}, not a mapping")));
+                        return Err(self.err(
+                            self.at,
+                            format!("stage `{name}`: params resolve to {other}, not a mapping"),
+                        ));
                     }
                 };
                 Action::Builtin(stage)
@@ -348,7 +423,8 @@ impl StageCx<'_> {
                 }
                 self.apply_sets(&mut params, Some(&raw.params))?;
                 let loc = Loc::from(cmd);
-                let template = Template::parse(&cmd.value).map_err(|m| self.err(loc, format!("stage `{name}`: {m}")))?;
+                let template = Template::parse(&cmd.value)
+                    .map_err(|m| self.err(loc, format!("stage `{name}`: {m}")))?;
                 let mut pieces = Vec::new();
                 for piece in template.pieces {
                     match &piece {
@@ -361,7 +437,13 @@ impl StageCx<'_> {
                         Piece::Stage(s) => {
                             self.check_stage_ref(s, loc)?;
                             upstream.insert(s.clone());
-                            inputs.insert(format!("stages.{s}"), InputRef::Stage { stage: s.clone(), sub: String::new() });
+                            inputs.insert(
+                                format!("stages.{s}"),
+                                InputRef::Stage {
+                                    stage: s.clone(),
+                                    sub: String::new(),
+                                },
+                            );
                         }
                         _ => {}
                     }
@@ -399,10 +481,17 @@ impl StageCx<'_> {
                 && !declared.contains_key(&set.param)
             {
                 let names: Vec<_> = declared.keys().map(String::as_str).collect();
-                let names = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+                let names = if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                };
                 return Err(self.err(
                     self.at,
-                    format!("--set `{}`: stage `{}` has no param `{}` (params: {names})", set.text, self.name, set.param),
+                    format!(
+                        "--set `{}`: stage `{}` has no param `{}` (params: {names})",
+                        set.text, self.name, set.param
+                    ),
                 ));
             }
             params.insert(set.param.clone(), set.value.clone());
@@ -415,54 +504,98 @@ impl StageCx<'_> {
             return Err(self.err(at, format!("stage `{stage}` refers to itself")));
         }
         if !self.all.contains_key(stage) {
-            return Err(self.err(at, format!("stage `{}` refers to unknown stage `{stage}`", self.name)));
+            return Err(self.err(
+                at,
+                format!("stage `{}` refers to unknown stage `{stage}`", self.name),
+            ));
         }
         Ok(())
     }
 
     fn check_path(&self, path: &str, at: Loc) -> Result<(), ConfigError> {
         let p = Path::new(path);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(self.err(at, format!("stage `{}`: input `{path}` must be a path inside the workspace", self.name)));
+        if p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(self.err(
+                at,
+                format!(
+                    "stage `{}`: input `{path}` must be a path inside the workspace",
+                    self.name
+                ),
+            ));
         }
         if p.starts_with("artifacts") || p.starts_with("cache") {
             return Err(self.err(at, format!("stage `{}`: input `{path}` is forge's own output; refer to it as ${{stages.NAME}}", self.name)));
         }
         if !self.root.join(p).exists() {
-            return Err(self.err(at, format!("stage `{}`: missing input file `{path}`", self.name)));
+            return Err(self.err(
+                at,
+                format!("stage `{}`: missing input file `{path}`", self.name),
+            ));
         }
         Ok(())
     }
 
-    fn var(&self, name: &str, at: Loc, used: &mut BTreeMap<String, Value>) -> Result<Value, ConfigError> {
-        let (value, _) = self
-            .vars
-            .get(name)
-            .ok_or_else(|| self.err(at, format!("stage `{}` refers to unknown var `{name}`", self.name)))?;
+    fn var(
+        &self,
+        name: &str,
+        at: Loc,
+        used: &mut BTreeMap<String, Value>,
+    ) -> Result<Value, ConfigError> {
+        let (value, _) = self.vars.get(name).ok_or_else(|| {
+            self.err(
+                at,
+                format!("stage `{}` refers to unknown var `{name}`", self.name),
+            )
+        })?;
         used.insert(name.to_string(), (*value).clone());
         Ok((*value).clone())
     }
 
     /// Substitutes vars in a string where only vars may appear.
-    fn plain_string(&self, s: &str, at: Loc, used: &mut BTreeMap<String, Value>) -> Result<String, ConfigError> {
-        let t = Template::parse(s).map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
+    fn plain_string(
+        &self,
+        s: &str,
+        at: Loc,
+        used: &mut BTreeMap<String, Value>,
+    ) -> Result<String, ConfigError> {
+        let t =
+            Template::parse(s).map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
         t.render(|p| match p {
             Piece::Var(v) => Ok(scalar_text(&self.var(v, at, used)?)),
-            other => Err(self.err(at, format!("stage `{}`: `{other}` is not allowed here; only ${{vars.NAME}}", self.name))),
+            other => Err(self.err(
+                at,
+                format!(
+                    "stage `{}`: `{other}` is not allowed here; only ${{vars.NAME}}",
+                    self.name
+                ),
+            )),
         })
     }
 
     /// Substitutes vars in a param value; a string that is exactly `${vars.X}` takes X's type.
-    fn interpolate_value(&self, v: &Value, at: Loc, used: &mut BTreeMap<String, Value>) -> Result<Value, ConfigError> {
+    fn interpolate_value(
+        &self,
+        v: &Value,
+        at: Loc,
+        used: &mut BTreeMap<String, Value>,
+    ) -> Result<Value, ConfigError> {
         Ok(match v {
             Value::String(s) => {
-                let t = Template::parse(s).map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
+                let t = Template::parse(s)
+                    .map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
                 match t.single() {
                     Some(Piece::Var(name)) => self.var(name, at, used)?,
                     _ => Value::String(self.plain_string(s, at, used)?),
                 }
             }
-            Value::Array(a) => Value::Array(a.iter().map(|x| self.interpolate_value(x, at, used)).collect::<Result<_, _>>()?),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.interpolate_value(x, at, used))
+                    .collect::<Result<_, _>>()?,
+            ),
             Value::Object(o) => Value::Object(
                 o.iter()
                     .map(|(k, x)| Ok((k.clone(), self.interpolate_value(x, at, used)?)))
@@ -473,19 +606,42 @@ impl StageCx<'_> {
     }
 
     /// A built-in stage's input: `${stages.X}` (optionally followed by a sub-path) or a path.
-    fn input_ref(&self, s: &str, at: Loc, used: &mut BTreeMap<String, Value>) -> Result<InputRef, ConfigError> {
-        let t = Template::parse(s).map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
+    fn input_ref(
+        &self,
+        s: &str,
+        at: Loc,
+        used: &mut BTreeMap<String, Value>,
+    ) -> Result<InputRef, ConfigError> {
+        let t =
+            Template::parse(s).map_err(|m| self.err(at, format!("stage `{}`: {m}", self.name)))?;
         if let Some(Piece::Stage(stage)) = t.pieces.first() {
             self.check_stage_ref(stage, at)?;
-            let rest = Template { pieces: t.pieces[1..].to_vec() };
+            let rest = Template {
+                pieces: t.pieces[1..].to_vec(),
+            };
             let sub = rest.render(|p| match p {
                 Piece::Var(v) => Ok(scalar_text(&self.var(v, at, used)?)),
-                other => Err(self.err(at, format!("stage `{}`: `{other}` is not allowed after ${{stages.{stage}}}", self.name))),
+                other => Err(self.err(
+                    at,
+                    format!(
+                        "stage `{}`: `{other}` is not allowed after ${{stages.{stage}}}",
+                        self.name
+                    ),
+                )),
             })?;
             if !sub.is_empty() && (!sub.starts_with('/') || sub.contains("..")) {
-                return Err(self.err(at, format!("stage `{}`: expected `${{stages.{stage}}}/PATH`, got `{s}`", self.name)));
+                return Err(self.err(
+                    at,
+                    format!(
+                        "stage `{}`: expected `${{stages.{stage}}}/PATH`, got `{s}`",
+                        self.name
+                    ),
+                ));
             }
-            return Ok(InputRef::Stage { stage: stage.clone(), sub });
+            return Ok(InputRef::Stage {
+                stage: stage.clone(),
+                sub,
+            });
         }
         let path = self.plain_string(s, at, used)?;
         self.check_path(&path, at)?;

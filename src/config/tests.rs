@@ -12,7 +12,11 @@ fn err(yaml: &str) -> String {
 
 #[test]
 fn show_errors() {
-    for y in ["stages:\n  a:\n    cmd: echo\n    cmdd: x\n", "stages:\n  a:\n    cmd: echo\n  a:\n    cmd: x\n", "stages:\n  a:\n    cmd: 3\n    params: {x: yes}\n    resources: {gpu: yes}\n"] {
+    for y in [
+        "stages:\n  a:\n    cmd: echo\n    cmdd: x\n",
+        "stages:\n  a:\n    cmd: echo\n  a:\n    cmd: x\n",
+        "stages:\n  a:\n    cmd: 3\n    params: {x: yes}\n    resources: {gpu: yes}\n",
+    ] {
         println!("{}", err(y));
     }
 }
