@@ -794,3 +794,26 @@ stages:
     );
     assert_eq!(ws.ok(&["run"]).states()["train"], "ran");
 }
+
+#[test]
+fn command_progress_and_output_reach_the_user() {
+    let ws = Ws::new(
+        "stages:\n  train:\n    cmd: 'echo \"::progress:: 1/2 loss=0.9\"; echo plain-line; echo \"::progress:: 2/2 loss=0.5\"; touch $FORGE_OUT/done'\n",
+    );
+    let r = ws.ok(&["run", "-v"]);
+    assert!(
+        r.stderr.contains("[train] 2/2 loss=0.5"),
+        "the final step is shown: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("[train] plain-line"),
+        "-v echoes command output: {}",
+        r.stderr
+    );
+    assert!(ws.read("cache/logs/train.log").contains("plain-line"));
+    assert!(
+        ws.path("artifacts/train/done").exists(),
+        "$FORGE_OUT is the output dir"
+    );
+}
