@@ -69,7 +69,8 @@ impl<T: TypedStage> Stage for T {
         })
     }
     fn run(&self, params: &Value, ctx: &Context<'_>) -> Result<Report, StageError> {
-        let typed = parse_params::<T::Params>(params).map_err(|e| StageError::Failed(e.to_string()))?;
+        let typed =
+            parse_params::<T::Params>(params).map_err(|e| StageError::Failed(e.to_string()))?;
         TypedStage::run(self, &typed, ctx)
     }
 }

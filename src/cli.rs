@@ -1,0 +1,342 @@
+//! The command line: parses arguments, dispatches, and maps errors to exit codes
+//! (0 success, 1 a stage failed, 2 usage or config error).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Pipeline, Set};
+use crate::graph::{Dag, Format};
+use crate::progress::Ui;
+use crate::run::{Engine, EngineError, Force, RunOptions, StageStatus};
+use crate::workspace::{LockBusy, Workspace};
+use crate::{gc, metrics};
+
+#[derive(Parser)]
+#[command(
+    name = "forge",
+    version,
+    about = "Turn a pretrained LLM into a reliable tool caller, as a cached, content-addressed build.",
+    long_about = "Turn a pretrained LLM into a reliable tool caller, as a cached, content-addressed build.\n\n\
+        forge reads forge.yaml, builds the DAG of its stages, hashes every stage's inputs and params \
+        with blake3 and reruns only what is stale. Outputs live in artifacts/<stage>/; the object store, \
+        run cache and logs live in cache/; forge.lock records what each stage last produced.",
+    after_help = "Exit codes: 0 success, 1 a stage failed, 2 usage or config error.\n\
+        Start with `forge run`, then `forge status` and `forge why STAGE` after you edit forge.yaml."
+)]
+pub struct Cli {
+    /// The pipeline file; its directory is the workspace root.
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "forge.yaml",
+        value_name = "PATH"
+    )]
+    file: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the stale stages among STAGE... (all stages when none are named) and their ancestors.
+    ///
+    /// Each stage ends as one of: ran, fresh (nothing changed), restored (this exact key ran before;
+    /// its output came back from the run cache), failed, skipped (upstream failed).
+    Run {
+        /// Stages to build (with everything they depend on).
+        stages: Vec<String>,
+        /// Run up to N independent stages at once (stages needing the same GPU never overlap).
+        #[arg(short = 'j', long = "jobs", default_value_t = 1, value_name = "N")]
+        jobs: usize,
+        /// Say what would run and why, without running anything.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Re-execute even fresh stages: all selected stages, or only STAGE (repeatable).
+        #[arg(long, value_name = "STAGE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        force: Vec<String>,
+        /// Override a param for this run: STAGE.PARAM=VALUE (repeatable; recorded in forge.lock
+        /// like an edit of forge.yaml).
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+        set: Vec<String>,
+        /// After a failure, keep running stages that do not depend on it.
+        #[arg(short = 'k', long)]
+        keep_going: bool,
+        /// If another forge holds the workspace, exit (code 2) instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Echo every line the stages' commands print.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show every stage's state (fresh, stale, never-run) and why.
+    Status {
+        /// Machine-readable: [{"stage", "state", "reasons": [...]}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain why STAGE would rerun, following stale upstream stages.
+    Why { stage: String },
+    /// Print the stage graph.
+    Dag {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show the figures stages wrote to their metrics.json, or compare them with the last lock.
+    Metrics {
+        #[command(subcommand)]
+        action: Option<MetricsAction>,
+    },
+    /// Delete cache entries and objects that neither forge.lock nor a recent run references.
+    Gc {
+        /// Keep run-cache entries younger than this many days (so reverting an edit stays instant).
+        #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
+        keep_days: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetricsAction {
+    /// Each stage's metrics.json, flattened (all stages when none are named).
+    Show {
+        stages: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the metrics recorded in forge.lock with the previous lock (or FILE).
+    Diff {
+        /// A lock file to compare against, e.g. `git show HEAD:forge.lock > old.lock`.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+    },
+}
+
+/// A failure with its exit code.
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<ConfigError> for Exit {
+    fn from(e: ConfigError) -> Exit {
+        Exit {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<EngineError> for Exit {
+    fn from(e: EngineError) -> Exit {
+        let code = if matches!(e, EngineError::Usage(_)) {
+            2
+        } else {
+            1
+        };
+        Exit {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(e: anyhow::Error) -> Exit {
+        Exit {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn load(file: &Path, sets: &[Set]) -> Result<(Workspace, Pipeline, Dag), Exit> {
+    let ws = Workspace::of(file).map_err(|e| Exit {
+        code: 2,
+        message: format!("{}: {e}", file.display()),
+    })?;
+    let pipeline = config::load(file, sets)?;
+    let dag = Dag::build(&pipeline)?;
+    Ok((ws, pipeline, dag))
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32, Exit> {
+    match cli.command {
+        Command::Run {
+            stages,
+            jobs,
+            dry_run,
+            force,
+            set,
+            keep_going,
+            no_wait,
+            verbose,
+        } => {
+            let sets = set
+                .iter()
+                .map(|s| Set::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (ws, pipeline, dag) = load(&cli.file, &sets)?;
+            let _guard = if dry_run {
+                None
+            } else {
+                Some(ws.lock(!no_wait).map_err(|e| Exit {
+                    code: 2,
+                    message: e.to_string(),
+                })?)
+            };
+            let force = if force.is_empty() {
+                Force::None
+            } else if force.iter().any(String::is_empty) {
+                Force::All
+            } else {
+                Force::Stages(force.into_iter().collect::<BTreeSet<_>>())
+            };
+            let mut engine = Engine::open(&ws, &pipeline, &dag)?;
+            let ui = Ui::new(pipeline.stages.keys().map(String::len).max().unwrap_or(0));
+            let opts = RunOptions {
+                targets: stages,
+                jobs,
+                dry_run,
+                force,
+                keep_going,
+                verbose,
+            };
+            let summary = engine.run(&opts, &ui)?;
+            Ok(if summary.failed > 0 { 1 } else { 0 })
+        }
+        Command::Status { json } => {
+            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            let engine = Engine::open(&ws, &pipeline, &dag)?;
+            let status = engine.status()?;
+            if json {
+                #[derive(serde::Serialize)]
+                struct Row<'a> {
+                    stage: &'a str,
+                    state: &'a str,
+                    reasons: Vec<String>,
+                    restorable: bool,
+                }
+                let rows: Vec<Row> = status
+                    .iter()
+                    .map(|s| Row {
+                        stage: &s.stage,
+                        state: s.state,
+                        reasons: s.reasons.iter().map(ToString::to_string).collect(),
+                        restorable: s.restorable,
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+            } else {
+                let w = status.iter().map(|s| s.stage.len()).max().unwrap_or(0);
+                for s in &status {
+                    let mut why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+                    if s.restorable {
+                        why.push("restorable from the run cache".into());
+                    }
+                    let line = format!("{:<10}{:<w$}  {}", s.state, s.stage, why.join("; "));
+                    println!("{}", line.trim_end());
+                }
+            }
+            Ok(0)
+        }
+        Command::Why { stage } => {
+            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            if !pipeline.stages.contains_key(&stage) {
+                return Err(Exit {
+                    code: 2,
+                    message: format!("no stage `{stage}` (stages: {})", dag.order().join(", ")),
+                });
+            }
+            let engine = Engine::open(&ws, &pipeline, &dag)?;
+            let status = engine.status()?;
+            print!("{}", explain(&status, &stage));
+            Ok(0)
+        }
+        Command::Dag { format } => {
+            let (_, _, dag) = load(&cli.file, &[])?;
+            print!("{}", dag.render(format));
+            Ok(0)
+        }
+        Command::Metrics { action } => {
+            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            match action.unwrap_or(MetricsAction::Show {
+                stages: Vec::new(),
+                json: false,
+            }) {
+                MetricsAction::Show { stages, json } => {
+                    let stages = dag.select(&stages).map_err(|m| Exit {
+                        code: 2,
+                        message: m,
+                    })?;
+                    print!("{}", metrics::show(&ws, &stages, json)?);
+                }
+                MetricsAction::Diff { against } => {
+                    let _ = pipeline;
+                    print!("{}", metrics::diff(&ws, against.as_deref())?);
+                }
+            }
+            Ok(0)
+        }
+        Command::Gc { keep_days } => {
+            let (ws, pipeline, _) = load(&cli.file, &[])?;
+            let _guard = ws.lock(true).map_err(|e: LockBusy| Exit {
+                code: 2,
+                message: e.to_string(),
+            })?;
+            println!("{}", gc::collect(&ws, &pipeline, keep_days)?);
+            Ok(0)
+        }
+    }
+}
+
+/// `forge why`: the stage's reasons, then those of each stale upstream stage, indented.
+fn explain(status: &[StageStatus], stage: &str) -> String {
+    fn go(
+        status: &[StageStatus],
+        stage: &str,
+        depth: usize,
+        out: &mut String,
+        seen: &mut BTreeSet<String>,
+    ) {
+        let Some(s) = status.iter().find(|s| s.stage == stage) else {
+            return;
+        };
+        let pad = "  ".repeat(depth);
+        if !seen.insert(stage.to_string()) {
+            return;
+        }
+        if s.reasons.is_empty() {
+            out.push_str(&format!("{pad}{stage} is {}\n", s.state));
+            return;
+        }
+        let restorable = if s.restorable {
+            " (its output for this key is in the run cache)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("{pad}{stage} is {}{restorable}:\n", s.state));
+        for r in &s.reasons {
+            out.push_str(&format!("{pad}  - {r}\n"));
+            if let crate::plan::Reason::UpstreamStale { stage: up } = r {
+                go(status, up, depth + 2, out, seen);
+            }
+        }
+    }
+    let mut out = String::new();
+    go(status, stage, 0, &mut out, &mut BTreeSet::new());
+    out
+}
