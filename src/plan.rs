@@ -270,8 +270,9 @@ mod tests {
     fn reasons_name_each_difference() {
         let old =
             def("vars: {m: a}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 1.0e-4}\n");
-        let new =
-            def("vars: {m: b}\nstages:\n  s:\n    cmd: echo ${vars.m}\n    params: {lr: 2.0e-4}\n");
+        let new = def(
+            "vars: {m: b}\nstages:\n  s:\n    cmd: echo ${vars.m} again\n    params: {lr: 2.0e-4}\n",
+        );
         let ins = BTreeMap::from([("data".to_string(), "h1".to_string())]);
         let e = entry(&old, &ins);
         let now = BTreeMap::from([
@@ -285,7 +286,7 @@ mod tests {
         assert_eq!(
             text,
             [
-                "stage version or command changed: `echo a` → `echo b`",
+                "stage version or command changed: `echo ${vars.m}` → `echo ${vars.m} again`",
                 "param `s.lr` changed 0.0001 → 0.0002",
                 "var `m` changed \"a\" → \"b\"",
                 "input `data` changed",

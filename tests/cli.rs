@@ -817,3 +817,130 @@ fn command_progress_and_output_reach_the_user() {
         "$FORGE_OUT is the output dir"
     );
 }
+
+/// A workspace holding the repository's default pipeline and the scripts it calls.
+fn default_pipeline() -> Ws {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ws = Ws::new(&std::fs::read_to_string(root.join("forge.yaml")).unwrap());
+    let script = std::fs::read_to_string(root.join("scripts/fetch-tokenizer.sh")).unwrap();
+    ws.write("scripts/fetch-tokenizer.sh", &script);
+    ws
+}
+
+#[test]
+fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
+    let ws = default_pipeline();
+    let r = ws.ok(&["run", "--set", "synth.rows=300"]);
+    assert_eq!(
+        r.executed(),
+        [
+            "format",
+            "normalize",
+            "split",
+            "synth",
+            "tokenizer",
+            "verify"
+        ],
+        "{}",
+        r.stdout
+    );
+    let metrics = |s: &str| -> serde_json::Value {
+        serde_json::from_str(&ws.read(&format!("artifacts/{s}/metrics.json"))).unwrap()
+    };
+    let lines = |p: &str| ws.read(p).lines().count() as u64;
+    assert_eq!(lines("artifacts/synth/data.jsonl"), 300);
+    for s in ["normalize", "verify", "split"] {
+        let m = metrics(s);
+        let (i, k, q) = (
+            m["rows_in"].as_u64().unwrap(),
+            m["rows_kept"].as_u64().unwrap(),
+            m["rows_quarantined"].as_u64().unwrap(),
+        );
+        assert_eq!(i, k + q, "{s}: rows in = kept + quarantined");
+        assert_eq!(
+            q,
+            lines(&format!("artifacts/{s}/quarantine.jsonl")),
+            "{s}: every dropped row is in quarantine.jsonl"
+        );
+    }
+    assert_eq!(metrics("normalize")["rows_in"], 300);
+    let split_rows: u64 = ["train", "dev", "test"]
+        .iter()
+        .map(|p| lines(&format!("artifacts/split/{p}.jsonl")))
+        .sum();
+    assert_eq!(split_rows, metrics("split")["rows_kept"].as_u64().unwrap());
+    for (part, m) in metrics("format")["splits"].as_object().unwrap() {
+        assert_eq!(
+            m["rows_in"],
+            lines(&format!("artifacts/split/{part}.jsonl")),
+            "format {part}"
+        );
+        assert_eq!(
+            m["rows_in"].as_u64(),
+            Some(m["rows_kept"].as_u64().unwrap() + m["rows_quarantined"].as_u64().unwrap())
+        );
+    }
+    assert!(ws.path("artifacts/format/train.tokens").exists());
+
+    // A data param edit reruns from that stage on; the tokenizer is not fetched again.
+    let r = ws.ok(&["run", "--set", "synth.rows=300", "--set", "split.seed=8"]);
+    assert_eq!(r.states()["tokenizer"], "fresh");
+    assert_eq!(r.states()["verify"], "fresh");
+    assert_eq!(r.executed(), ["format", "split"], "{}", r.stdout);
+}
+
+#[test]
+fn builtin_params_and_inputs_are_checked_before_anything_runs() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "stages:\n  s:\n    uses: synth\n    params:\n      rows: many\n",
+            "forge.yaml:5:13: stage `s` (uses: synth): param `rows`",
+        ),
+        (
+            "stages:\n  s:\n    uses: synth\n    params:\n      rowz: 5\n",
+            "unknown field `rowz`",
+        ),
+        (
+            "stages:\n  n:\n    uses: normalize\n",
+            "forge.yaml:2:3: stage `n`: `normalize` needs input `rows`",
+        ),
+        (
+            "stages:\n  n:\n    uses: normalize\n    inputs:\n      rows: data.json\n      extra: data.json\n",
+            "`normalize` has no input `extra` (inputs: rows)",
+        ),
+        (
+            "stages:\n  n:\n    uses: normalize\n    inputs:\n      rows: nothere.json\n",
+            "missing input file `nothere.json`",
+        ),
+        (
+            "stages:\n  s:\n    uses: split\n    inputs:\n      data: data.json\n    params:\n      train: 0.9\n",
+            "sum to 1",
+        ),
+        (
+            "stages:\n  s:\n    uses: synth\n    deps: [data.json]\n",
+            "`deps:` is for `cmd:` stages",
+        ),
+    ];
+    for (yaml, needle) in cases {
+        let ws = Ws::new(&format!("{yaml}  marker:\n    cmd: touch ran-marker\n"));
+        ws.write("data.json", "[]");
+        let r = ws.forge(&["run"]);
+        assert_eq!(r.code, 2, "{yaml}\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "expected `{needle}` in: {}",
+            r.stderr
+        );
+        assert!(!ws.path("ran-marker").exists(), "nothing runs");
+    }
+    let ws = Ws::new("stages:\n  s:\n    uses: synth\n");
+    let r = ws.forge(&["run", "--set", "s.rows=-3"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("forge.yaml:2:3: stage `s` (uses: synth): param `rows`")
+            && r.stderr.contains("--set"),
+        "{}",
+        r.stderr
+    );
+}

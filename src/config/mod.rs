@@ -181,7 +181,17 @@ pub fn parse(text: &str, file: &Path, root: &Path, sets: &[Set]) -> Result<Pipel
                 column: l.column(),
             })
             .unwrap_or_default();
-        at(loc, yaml_message(&e))
+        let mut message = yaml_message(&e);
+        let line = text
+            .lines()
+            .nth(loc.line.saturating_sub(1) as usize)
+            .unwrap_or("");
+        if message.contains("flow") && line.contains("${") {
+            message.push_str(
+                " (inside `{ ... }`, quote values that hold `${...}`: `{ rows: \"${stages.a}\" }`)",
+            );
+        }
+        at(loc, message)
     })?;
 
     for (name, value) in &raw.vars {

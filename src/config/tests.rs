@@ -105,6 +105,14 @@ fn errors_name_the_place_and_the_culprit() {
             "`inputs:` (d) is for built-in stages",
         ),
         ("stages:\n  a:\n    cmd: x\n    params: {flag: yes}\n", ""),
+        (
+            "stages:\n  a:\n    cmd: x\n    params: { p: ${vars.v} }\n",
+            "forge.yaml:4:19: while parsing a flow mapping",
+        ),
+        (
+            "stages:\n  a:\n    cmd: x\n    params: { p: ${vars.v} }\n",
+            "quote values that hold `${...}`",
+        ),
     ];
     for (yaml, needle) in cases {
         match p(yaml, &[]) {

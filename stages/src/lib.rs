@@ -15,7 +15,13 @@ pub use contract::{
 
 /// Every built-in stage kind, in the order `forge --help` lists them.
 pub fn registry() -> &'static [&'static dyn Stage] {
-    &[]
+    &[
+        &data::synth::Synth,
+        &data::normalize::Normalize,
+        &data::verify::Verify,
+        &data::split::Split,
+        &data::format::Format,
+    ]
 }
 
 /// The built-in stage of `kind`, if there is one.
