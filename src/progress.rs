@@ -28,7 +28,7 @@ impl Ui {
 
     /// A result line: `ran      sft      12.1s  ...`.
     pub fn result(&self, status: &str, stage: &str, detail: &str) {
-        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+        let detail = detail.replace('\n', " ");
         let line = format!("{status:<8} {stage:<w$}  {detail}", w = self.width);
         let line = line.trim_end();
         match &self.multi {

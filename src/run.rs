@@ -413,8 +413,15 @@ impl<'a> Engine<'a> {
                             .materialize(&run.manifest, &self.ws.artifact(&name))?;
                         self.record(&mut lock, def, inputs, &run, &mut prev)?;
                         let why = why_ran.remove(&name).unwrap_or_default();
-                        let detail =
-                            format!("{:.1}s  {}  {}", run.duration_s, run.summary, because(&why));
+                        let detail = [
+                            format!("{:.1}s", run.duration_s),
+                            run.summary.clone(),
+                            because(&why),
+                        ]
+                        .into_iter()
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("  ");
                         ui.result("ran", &name, &detail);
                         done.insert(name, Done::Out(run.out));
                         summary.ran += 1;
