@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, ConfigError, Pipeline, Set};
 use crate::graph::{Dag, Format};
 use crate::progress::Ui;
+use crate::remote::Remote;
 use crate::run::{Engine, EngineError, Force, RunOptions, StageStatus};
 use crate::workspace::{LockBusy, Workspace};
 use crate::{gc, metrics};
@@ -35,6 +36,10 @@ pub struct Cli {
         value_name = "PATH"
     )]
     file: PathBuf,
+    /// The shared cache (overrides forge.yaml's `remote:`): file:///PATH, http(s)://HOST/PREFIX
+    /// or s3://BUCKET/PREFIX (S3 endpoint, region and credentials from the AWS_* variables).
+    #[arg(long, global = true, env = "FORGE_REMOTE", value_name = "URL")]
+    remote: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +75,14 @@ enum Command {
         /// Echo every line the stages' commands print.
         #[arg(short, long)]
         verbose: bool,
+        /// Push every stage that runs to the remote cache (forge.yaml: `remote: {push: true}`).
+        #[arg(long)]
+        push: bool,
     },
+    /// Upload the recorded outputs of STAGE... (all when none are named) to the remote cache.
+    Push { stages: Vec<String> },
+    /// Fetch from the remote cache whatever STAGE... (and their ancestors) need; run nothing.
+    Pull { stages: Vec<String> },
     /// Show every stage's state (fresh, stale, never-run) and why.
     Status {
         /// Machine-readable: [{"stage", "state", "reasons": [...]}].
@@ -184,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             keep_going,
             no_wait,
             verbose,
+            push,
         } => {
             let sets = set
                 .iter()
@@ -205,7 +218,15 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             } else {
                 Force::Stages(force.into_iter().collect::<BTreeSet<_>>())
             };
-            let mut engine = Engine::open(&ws, &pipeline, &dag)?;
+            let remote = open_remote(cli.remote.as_deref(), &pipeline)?;
+            let push = push || pipeline.remote.as_ref().is_some_and(|r| r.push);
+            if push && remote.is_none() {
+                return Err(Exit {
+                    code: 2,
+                    message: "--push needs a remote: `remote:` in forge.yaml, --remote URL or FORGE_REMOTE".into(),
+                });
+            }
+            let mut engine = Engine::open(&ws, &pipeline, &dag, remote)?;
             let ui = Ui::new(pipeline.stages.keys().map(String::len).max().unwrap_or(0));
             let opts = RunOptions {
                 targets: stages,
@@ -214,13 +235,16 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                 force,
                 keep_going,
                 verbose,
+                push,
+                pull_only: false,
             };
             let summary = engine.run(&opts, &ui)?;
             Ok(if summary.failed > 0 { 1 } else { 0 })
         }
         Command::Status { json } => {
             let (ws, pipeline, dag) = load(&cli.file, &[])?;
-            let engine = Engine::open(&ws, &pipeline, &dag)?;
+            let remote = open_remote(cli.remote.as_deref(), &pipeline)?;
+            let engine = Engine::open(&ws, &pipeline, &dag, remote)?;
             let status = engine.status()?;
             if json {
                 #[derive(serde::Serialize)]
@@ -229,6 +253,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     state: &'a str,
                     reasons: Vec<String>,
                     restorable: bool,
+                    on_remote: bool,
                 }
                 let rows: Vec<Row> = status
                     .iter()
@@ -237,6 +262,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                         state: s.state,
                         reasons: s.reasons.iter().map(ToString::to_string).collect(),
                         restorable: s.restorable,
+                        on_remote: s.on_remote,
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
@@ -246,6 +272,9 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     let mut why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
                     if s.restorable {
                         why.push("restorable from the run cache".into());
+                    }
+                    if s.on_remote {
+                        why.push("the remote cache has it".into());
                     }
                     let line = format!("{:<10}{:<w$}  {}", s.state, s.stage, why.join("; "));
                     println!("{}", line.trim_end());
@@ -261,10 +290,43 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     message: format!("no stage `{stage}` (stages: {})", dag.order().join(", ")),
                 });
             }
-            let engine = Engine::open(&ws, &pipeline, &dag)?;
+            let remote = open_remote(cli.remote.as_deref(), &pipeline)?;
+            let engine = Engine::open(&ws, &pipeline, &dag, remote)?;
             let status = engine.status()?;
             print!("{}", explain(&status, &stage));
             Ok(0)
+        }
+        Command::Push { stages } => {
+            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            let remote = open_remote(cli.remote.as_deref(), &pipeline)?;
+            let engine = Engine::open(&ws, &pipeline, &dag, remote)?;
+            let ui = Ui::new(pipeline.stages.keys().map(String::len).max().unwrap_or(0));
+            let summary = engine.push(&stages, &ui)?;
+            Ok(if summary.failed > 0 { 1 } else { 0 })
+        }
+        Command::Pull { stages } => {
+            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            let remote = open_remote(cli.remote.as_deref(), &pipeline)?;
+            if remote.is_none() {
+                return Err(Exit {
+                    code: 2,
+                    message: "no remote: set `remote:` in forge.yaml, --remote URL or FORGE_REMOTE"
+                        .into(),
+                });
+            }
+            let _guard = ws.lock(true).map_err(|e| Exit {
+                code: 2,
+                message: e.to_string(),
+            })?;
+            let mut engine = Engine::open(&ws, &pipeline, &dag, remote)?;
+            let ui = Ui::new(pipeline.stages.keys().map(String::len).max().unwrap_or(0));
+            let opts = RunOptions {
+                targets: stages,
+                pull_only: true,
+                ..RunOptions::default()
+            };
+            let summary = engine.run(&opts, &ui)?;
+            Ok(if summary.failed > 0 { 1 } else { 0 })
         }
         Command::Dag { format } => {
             let (_, _, dag) = load(&cli.file, &[])?;
@@ -301,6 +363,25 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             Ok(0)
         }
     }
+}
+
+/// The remote named by --remote / FORGE_REMOTE, else by forge.yaml.
+fn open_remote(flag: Option<&str>, pipeline: &Pipeline) -> Result<Option<Remote>, Exit> {
+    let Some(url) = flag.or(pipeline.remote.as_ref().map(|r| r.url.as_str())) else {
+        return Ok(None);
+    };
+    if !config::remote_url_ok(url) {
+        return Err(Exit {
+            code: 2,
+            message: format!(
+                "remote `{url}`: expected file:///PATH, http(s)://HOST/PREFIX or s3://BUCKET/PREFIX"
+            ),
+        });
+    }
+    Remote::open(url).map(Some).map_err(|e| Exit {
+        code: 2,
+        message: e.to_string(),
+    })
 }
 
 /// `forge why`: the stage's reasons, then those of each stale upstream stage, indented.

@@ -13,6 +13,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod store;
 pub mod workspace;

@@ -12,11 +12,13 @@ use std::sync::mpsc;
 
 use crate::config::{InputRef, Pipeline, StageDef};
 use crate::exec::{self, Env, Failure};
+use crate::gc::human;
 use crate::graph::Dag;
 use crate::hash::{HashError, StatCache, content_hash};
 use crate::lockfile::{LockEntry, LockError, LockFile};
 use crate::plan::{Reason, action_identity, reasons, stage_key};
 use crate::progress::Ui;
+use crate::remote::{Remote, RemoteError, Transfer};
 use crate::store::{RunEntry, Store, StoreError, clear_artifact_leftovers};
 use crate::workspace::Workspace;
 
@@ -60,6 +62,10 @@ pub struct RunOptions {
     pub force: Force,
     pub keep_going: bool,
     pub verbose: bool,
+    /// Push every stage that runs to the remote.
+    pub push: bool,
+    /// `forge pull`: restore or pull what the caches hold, execute nothing.
+    pub pull_only: bool,
 }
 
 /// How each stage ended up.
@@ -67,6 +73,9 @@ pub struct RunOptions {
 pub struct RunSummary {
     pub ran: usize,
     pub restored: usize,
+    pub pulled: usize,
+    /// `forge pull` only: stages neither cache could supply.
+    pub missing: usize,
     pub fresh: usize,
     pub failed: usize,
     pub skipped: usize,
@@ -95,6 +104,16 @@ enum Eval {
     },
 }
 
+/// What a worker sends back when its stage is done.
+struct Finished {
+    name: String,
+    gpus: Vec<usize>,
+    inputs: BTreeMap<String, String>,
+    result: Result<RunEntry, Failure>,
+    /// The push to the remote, when one was asked for and the stage succeeded.
+    pushed: Option<Result<Transfer, RemoteError>>,
+}
+
 /// A stage waiting for a worker: its definition, key, input hashes and why it runs.
 type Job<'p> = (&'p StageDef, String, BTreeMap<String, String>, Vec<Reason>);
 
@@ -105,6 +124,7 @@ pub struct Engine<'a> {
     pub store: Store,
     pub stat: StatCache,
     pub lock: LockFile,
+    pub remote: Option<Remote>,
 }
 
 /// What `forge status` says about one stage.
@@ -115,6 +135,8 @@ pub struct StageStatus {
     pub reasons: Vec<Reason>,
     /// The run cache holds this stage's output for its current key.
     pub restorable: bool,
+    /// The remote holds this stage's output for its current key.
+    pub on_remote: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -122,8 +144,10 @@ impl<'a> Engine<'a> {
         ws: &'a Workspace,
         pipeline: &'a Pipeline,
         dag: &'a Dag,
+        remote: Option<Remote>,
     ) -> Result<Engine<'a>, EngineError> {
         Ok(Engine {
+            remote,
             store: Store::open(&ws.cache)?,
             stat: StatCache::load(&ws.cache.join("stat-cache")),
             lock: LockFile::read(&ws.lockfile)?,
@@ -267,12 +291,6 @@ impl<'a> Engine<'a> {
         let mut running = 0usize;
         let mut stop = false;
         let jobs = opts.jobs.max(1);
-        type Finished = (
-            String,
-            Vec<usize>,
-            BTreeMap<String, String>,
-            Result<RunEntry, Failure>,
-        );
         let (tx, rx) = mpsc::channel::<Finished>();
         let mut why_ran: HashMap<String, Vec<Reason>> = HashMap::new();
 
@@ -344,10 +362,43 @@ impl<'a> Engine<'a> {
                                     summary.restored += 1;
                                 }
                                 (None, true) => {
-                                    ui.result("would run", name, &join(&reasons));
+                                    let on_remote = self
+                                        .remote
+                                        .as_ref()
+                                        .is_some_and(|r| r.has_run(&key).unwrap_or(false));
+                                    let verb = if on_remote { "would pull" } else { "would run" };
+                                    ui.result(verb, name, &join(&reasons));
                                     done.insert(name.to_string(), Done::Stale);
                                 }
-                                (None, false) => queue.push_back((def, key, inputs, reasons)),
+                                (None, false) => match (!forced)
+                                    .then(|| self.pull(name, &key, ui))
+                                    .flatten()
+                                {
+                                    Some((run, moved)) => {
+                                        self.store
+                                            .materialize(&run.manifest, &self.ws.artifact(name))?;
+                                        self.record(&mut lock, def, inputs, &run, &mut prev)?;
+                                        let detail = format!(
+                                            "{} objects, {}  {}",
+                                            moved.objects,
+                                            human(moved.bytes),
+                                            because(&reasons)
+                                        );
+                                        ui.result("pulled", name, &detail);
+                                        done.insert(name.to_string(), Done::Out(run.out));
+                                        summary.pulled += 1;
+                                    }
+                                    None if opts.pull_only => {
+                                        ui.result(
+                                            "missing",
+                                            name,
+                                            "in neither the local nor the remote cache",
+                                        );
+                                        done.insert(name.to_string(), Done::Stale);
+                                        summary.missing += 1;
+                                    }
+                                    None => queue.push_back((def, key, inputs, reasons)),
+                                },
                             }
                         }
                     }
@@ -386,10 +437,22 @@ impl<'a> Engine<'a> {
                         gpu_names: &gpu_names,
                     };
                     let progress = ui.start(&def.name);
+                    let push = opts.push.then_some(self.remote.as_ref()).flatten();
+                    let store = &self.store;
                     scope.spawn(move || {
                         let result = exec::execute(&env, def, &key, &gpus, &progress);
+                        let pushed = match (&result, push) {
+                            (Ok(run), Some(remote)) => Some(remote.push_run(run, store, &progress)),
+                            _ => None,
+                        };
                         progress.finish();
-                        let _ = tx.send((def.name.clone(), gpus, inputs, result));
+                        let _ = tx.send(Finished {
+                            name: def.name.clone(),
+                            gpus,
+                            inputs,
+                            result,
+                            pushed,
+                        });
                     });
                     running += 1;
                 }
@@ -401,7 +464,22 @@ impl<'a> Engine<'a> {
                     // stage outside the selection, which `select` rules out.
                     unreachable!("scheduler stalled with pending stages");
                 }
-                let (name, gpus, inputs, result) = rx.recv().expect("a worker is running");
+                let Finished {
+                    name,
+                    gpus,
+                    inputs,
+                    result,
+                    pushed,
+                } = rx.recv().expect("a worker is running");
+                match pushed {
+                    Some(Err(e)) => warn_remote(ui, &e),
+                    Some(Ok(t)) if t.objects > 0 => ui.note(&format!(
+                        "pushed {name}: {} objects, {}",
+                        t.objects,
+                        human(t.bytes)
+                    )),
+                    _ => {}
+                }
                 running -= 1;
                 for g in gpus {
                     free_gpus[g] = true;
@@ -442,21 +520,92 @@ impl<'a> Engine<'a> {
         Ok(summary)
     }
 
+    /// Pulls `key` from the remote, if there is one and it has the run. Problems are warnings: the
+    /// stage then runs here.
+    fn pull(&self, stage: &str, key: &str, ui: &Ui) -> Option<(RunEntry, Transfer)> {
+        let remote = self.remote.as_ref()?;
+        let progress = ui.start(&format!("{stage} ↓"));
+        let pulled = remote.pull_run(key, &self.store, &self.stat, &progress);
+        progress.finish();
+        match pulled {
+            Ok(found) => found,
+            Err(e) => {
+                warn_remote(ui, &e);
+                None
+            }
+        }
+    }
+
+    /// `forge push`: the recorded output of each selected stage, with its objects.
+    pub fn push(&self, targets: &[String], ui: &Ui) -> Result<RunSummary, EngineError> {
+        let remote = self.remote.as_ref().ok_or_else(|| {
+            EngineError::Usage(
+                "no remote: set `remote:` in forge.yaml, --remote URL or FORGE_REMOTE".into(),
+            )
+        })?;
+        let mut summary = RunSummary::default();
+        for name in self.dag.select(targets).map_err(EngineError::Usage)? {
+            let Some(run) = self
+                .lock
+                .stages
+                .get(&name)
+                .and_then(|e| self.store.get_run(&e.key))
+            else {
+                ui.result("missing", &name, "never ran here (nothing to push)");
+                summary.missing += 1;
+                continue;
+            };
+            let progress = ui.start(&format!("{name} ↑"));
+            let pushed = remote.push_run(&run, &self.store, &progress);
+            progress.finish();
+            match pushed {
+                Ok(t) => ui.result(
+                    "pushed",
+                    &name,
+                    &format!("{} objects, {}", t.objects, human(t.bytes)),
+                ),
+                Err(e) => {
+                    ui.result("failed", &name, &e.to_string());
+                    summary.failed += 1;
+                }
+            }
+        }
+        Ok(summary)
+    }
+
     /// What `forge status` reports for every stage, without running anything.
     pub fn status(&self) -> Result<Vec<StageStatus>, EngineError> {
         let mut done = HashMap::new();
         let mut out = Vec::new();
         for name in self.dag.order() {
             let def = &self.pipeline.stages[name];
-            let (d, reasons, restorable) = match self.evaluate(&self.lock, def, &done, false)? {
-                Eval::Fresh { out } => (Done::Out(out), Vec::new(), false),
-                Eval::Stale { key, reasons, .. } => {
-                    match key.and_then(|k| self.store.get_run(&k)) {
-                        Some(run) => (Done::Out(run.out), reasons, true),
-                        None => (Done::Stale, reasons, false),
-                    }
-                }
-            };
+            let (d, reasons, restorable, on_remote) =
+                match self.evaluate(&self.lock, def, &done, false)? {
+                    Eval::Fresh { out } => (Done::Out(out), Vec::new(), false, false),
+                    Eval::Stale {
+                        key: None, reasons, ..
+                    } => (Done::Stale, reasons, false, false),
+                    Eval::Stale {
+                        key: Some(key),
+                        reasons,
+                        ..
+                    } => match self.store.get_run(&key) {
+                        Some(run) => (Done::Out(run.out), reasons, true, false),
+                        None => {
+                            let on_remote = match self.remote.as_ref().map(|r| r.has_run(&key)) {
+                                Some(Ok(yes)) => yes,
+                                Some(Err(e)) => {
+                                    if !matches!(e, RemoteError::Down) {
+                                        eprintln!("warning: remote: {e}; continuing without it");
+                                    }
+                                    false
+                                }
+                                None => false,
+                            };
+                            (Done::Stale, reasons, false, on_remote)
+                        }
+                    },
+                };
             let state = match (&d, self.lock.stages.contains_key(name)) {
                 (_, false) => "never-run",
                 (Done::Out(_), true) if reasons.is_empty() => "fresh",
@@ -467,6 +616,7 @@ impl<'a> Engine<'a> {
                 state,
                 reasons,
                 restorable,
+                on_remote,
             });
             done.insert(name.clone(), d);
         }
@@ -497,6 +647,13 @@ fn because(reasons: &[Reason]) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         )
+    }
+}
+
+/// Remote trouble never fails a run: say it once and carry on locally.
+fn warn_remote(ui: &Ui, e: &RemoteError) {
+    if !matches!(e, RemoteError::Down) {
+        ui.note(&format!("warning: remote: {e}; continuing without it"));
     }
 }
 

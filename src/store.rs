@@ -144,6 +144,16 @@ impl Store {
         }
     }
 
+    /// Moves `file`, whose bytes were checked to hash to `e.hash`, into the store.
+    pub fn adopt(&self, file: &Path, e: &Entry) -> Result<(), StoreError> {
+        let mode = if e.exec { 0o555 } else { 0o444 };
+        fs::set_permissions(file, fs::Permissions::from_mode(mode)).map_err(io(file))?;
+        let dst = self.object_path(&e.hash);
+        let parent = dst.parent().expect("objects have a parent");
+        fs::create_dir_all(parent).map_err(io(parent))?;
+        fs::rename(file, &dst).map_err(io(&dst))
+    }
+
     pub fn put_run(&self, run: &RunEntry) -> Result<(), StoreError> {
         let p = self.run_path(&run.key);
         let json = serde_json::to_vec_pretty(run).expect("run entries serialize");

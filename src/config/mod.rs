@@ -62,6 +62,22 @@ pub struct Pipeline {
     pub root: PathBuf,
     /// Stages in declaration order.
     pub stages: IndexMap<String, StageDef>,
+    /// The shared cache, if forge.yaml names one.
+    pub remote: Option<RemoteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    pub url: String,
+    /// Push every stage that runs.
+    pub push: bool,
+}
+
+/// Whether `url` names a remote kind forge can use.
+pub fn remote_url_ok(url: &str) -> bool {
+    ["file:///", "http://", "https://", "s3://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
 }
 
 #[derive(Debug)]
@@ -214,6 +230,22 @@ pub fn parse(text: &str, file: &Path, root: &Path, sets: &[Set]) -> Result<Pipel
         .map(|(k, v)| (k.as_str(), (&v.value, Loc::from(v))))
         .collect();
 
+    let remote = match raw.remote {
+        Some(r) if !remote_url_ok(&r.url.value) => {
+            return Err(at(
+                Loc::from(&r.url),
+                format!(
+                    "remote `{}`: expected file:///PATH, http(s)://HOST/PREFIX or s3://BUCKET/PREFIX",
+                    r.url.value
+                ),
+            ));
+        }
+        Some(r) => Some(RemoteConfig {
+            url: r.url.value,
+            push: r.push,
+        }),
+        None => None,
+    };
     let all: IndexMap<String, (Loc, RawStage)> = raw
         .stages
         .into_iter()
@@ -247,6 +279,7 @@ pub fn parse(text: &str, file: &Path, root: &Path, sets: &[Set]) -> Result<Pipel
         file: file.to_path_buf(),
         root: root.to_path_buf(),
         stages,
+        remote,
     })
 }
 

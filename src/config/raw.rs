@@ -11,6 +11,7 @@ use serde_saphyr::Spanned;
 pub struct RawFile {
     #[serde(default)]
     pub vars: IndexMap<String, Spanned<Value>>,
+    pub remote: Option<RawRemote>,
     /// Keys keep their location so errors can point at the stage's name.
     pub stages: IndexMap<Spanned<String>, RawStage>,
 }
@@ -38,4 +39,12 @@ pub struct RawStage {
 pub struct RawResources {
     #[serde(default)]
     pub gpu: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemote {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub push: bool,
 }

@@ -1,112 +1,10 @@
-//! End-to-end tests of the `forge` binary: real workspaces in temp dirs, real shell stages, real
-//! processes (including `kill -9`).
+//! The engine: staleness, caching, scheduling, failures, crash safety, config errors.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-struct Ws {
-    dir: tempfile::TempDir,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from(o: Output) -> Run {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    /// stage → its status word (`ran`, `fresh`, `restored`, `failed`, `skipped`, ...).
-    fn states(&self) -> BTreeMap<String, String> {
-        self.stdout
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                let first = w.next()?;
-                let (state, stage) = if first == "would" {
-                    (format!("would {}", w.next()?), w.next()?)
-                } else {
-                    (first.to_string(), w.next()?)
-                };
-                Some((stage.to_string(), state))
-            })
-            .collect()
-    }
-
-    fn executed(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .states()
-            .into_iter()
-            .filter(|(_, s)| s == "ran")
-            .map(|(k, _)| k)
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Ws {
-    fn new(yaml: &str) -> Ws {
-        let ws = Ws {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        ws.write("forge.yaml", yaml);
-        ws
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_forge"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("CUDA_VISIBLE_DEVICES");
-        c
-    }
-
-    fn forge(&self, args: &[&str]) -> Run {
-        Run::from(self.cmd(args).output().unwrap())
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.forge(args);
-        assert_eq!(
-            r.code, 0,
-            "forge {args:?} failed:\n{}\n{}",
-            r.stdout, r.stderr
-        );
-        r
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
+use crate::support::*;
 
 /// data.txt → upper → (count, tagged) → report; `other` reads a var nobody else reads.
 const CHAIN: &str = r#"
@@ -485,36 +383,6 @@ fn outputs_edited_by_hand_and_corrupt_objects_are_repaired() {
             "{obj:?}"
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(items) = std::fs::read_dir(dir) {
-        for e in items.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p))
-            } else {
-                out.push(p)
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Every file under `dir`, relative, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    walk(dir)
-        .into_iter()
-        .map(|p| {
-            (
-                p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .filter(|(rel, _)| !rel.starts_with('.'))
-        .collect()
 }
 
 const KILL_PIPELINE: &str = r#"
