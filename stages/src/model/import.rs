@@ -55,7 +55,10 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// The split regex of llama.cpp's `llama-bpe` pre-tokenizer (Llama 3), as in Llama 3's own
 /// `tokenizer.json`. GPT-2's regex needs no constant: `ByteLevel` applies it with `use_regex`.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
 
 /// Why an import failed. Every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,11 @@ pub enum ImportError {
     },
     #[error("{}: the tokenizer built from the GGUF metadata does not load: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
-    #[error("{}: output directory holds files an import does not write (first: {first}); refusing to mix them with the imported model", path.display())]
+    #[error(
+        "{}: output directory holds files an import does not write (first: {first}); \
+         refusing to mix them with the imported model",
+        path.display()
+    )]
     OutDirNotEmpty { path: PathBuf, first: String },
 }
 
@@ -292,7 +299,7 @@ pub fn import_gguf(
 /// `(head_dim/2, 2)`, so GGUF row `2i + j` of a head is Hugging Face row `j * head_dim/2 + i`.
 /// Panic-free: the caller has checked that `data.len() == rows * cols` and `rows` splits into
 /// `n_head` heads of even size.
-pub fn unpermute_rows(data: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
+fn unpermute_rows(data: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     let rows = data.len() / cols;
     let head_dim = rows / n_head;
     let half = head_dim / 2;
@@ -942,7 +949,14 @@ impl TokenizerSpec {
 
     /// The `tokenizers` pre-tokenizer that splits text as llama.cpp does for `tokenizer.ggml.pre`.
     fn pre_tokenizer(&self, meta: &Metadata<'_>) -> Result<Json, ImportError> {
-        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let byte_level = |use_regex: bool| {
+            json!({
+                "type": "ByteLevel",
+                "add_prefix_space": false,
+                "trim_offsets": true,
+                "use_regex": use_regex,
+            })
+        };
         match self.pre.as_str() {
             "default" | "gpt2" => Ok(byte_level(true)),
             // llama.cpp splits every digit off (`\p{N}`), then applies GPT-2's regex.
@@ -956,7 +970,12 @@ impl TokenizerSpec {
             "llama3" | "llama-v3" | "llama-bpe" => Ok(json!({
                 "type": "Sequence",
                 "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                    {
+                        "type": "Split",
+                        "pattern": {"Regex": LLAMA3_SPLIT},
+                        "behavior": "Isolated",
+                        "invert": false,
+                    },
                     byte_level(false),
                 ],
             })),
@@ -1036,7 +1055,12 @@ impl TokenizerSpec {
             }
         }
         let post_processor = if prefix.is_empty() && suffix.is_empty() {
-            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+            json!({
+                "type": "ByteLevel",
+                "add_prefix_space": true,
+                "trim_offsets": false,
+                "use_regex": true,
+            })
         } else {
             let seq =
                 |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
@@ -1053,7 +1077,12 @@ impl TokenizerSpec {
                 .chain([seq("B", 1)])
                 .chain(suffix.iter().cloned())
                 .collect();
-            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens})
+            json!({
+                "type": "TemplateProcessing",
+                "single": single,
+                "pair": pair,
+                "special_tokens": special_tokens,
+            })
         };
 
         let tokenizer = json!({
@@ -1064,7 +1093,12 @@ impl TokenizerSpec {
             "normalizer": null,
             "pre_tokenizer": self.pre_tokenizer(meta)?,
             "post_processor": post_processor,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "decoder": {
+                "type": "ByteLevel",
+                "add_prefix_space": true,
+                "trim_offsets": true,
+                "use_regex": true,
+            },
             "model": {
                 "type": "BPE",
                 "dropout": null,
@@ -1097,7 +1131,10 @@ impl TokenizerSpec {
         for (id, content, special) in self.added_tokens() {
             decoder.insert(
                 id.to_string(),
-                json!({"content": content, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": special}),
+                json!({
+                    "content": content, "lstrip": false, "normalized": false, "rstrip": false,
+                    "single_word": false, "special": special,
+                }),
             );
         }
         c.insert("added_tokens_decoder".into(), Json::Object(decoder));
@@ -1397,7 +1434,11 @@ mod tests {
         "2",
         "Ġhello",
     ];
-    const TINY_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}";
+    const TINY_TEMPLATE: &str = concat!(
+        "{% for m in messages %}",
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n",
+        "{% endfor %}",
+    );
 
     impl Tiny {
         const HIDDEN: usize = 8;
@@ -1560,6 +1601,12 @@ mod tests {
         );
         let expected_params: usize = tiny.weights.iter().map(|(_, _, w)| w.elem_count()).sum();
         assert_eq!(report.parameters, expected_params as u64);
+        let summary = report.summary();
+        assert!(
+            summary.starts_with("imported tiny (2 layers, hidden 8, vocab 16")
+                && summary.contains(&format!("{}×F32 as f32", tiny.weights.len())),
+            "{summary}"
+        );
         let mut names: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1640,6 +1687,20 @@ mod tests {
             template.render(&messages, &[], false).unwrap(),
             "<|im_start|>user\nhi<|im_end|>\n"
         );
+    }
+
+    /// Llama 3's split regex (inline case-insensitive group, lookahead) compiles in `tokenizers`
+    /// and keeps merging within words.
+    #[test]
+    fn llama_bpe_pre_tokenizer_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tiny = Tiny::new();
+        tiny.set("tokenizer.ggml.pre", Value::String("llama-bpe".into()));
+        let (out, result) = tiny.import(dir.path(), WeightDtype::F32);
+        result.unwrap();
+        let tokenizer = crate::data::format::load_tokenizer(&out).unwrap();
+        let ids = tokenizer.encode("hello hello<think>", false).unwrap();
+        assert_eq!(ids.get_ids(), [11, 15, 12]);
     }
 
     #[test]
