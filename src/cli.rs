@@ -101,11 +101,32 @@ enum Command {
         #[command(subcommand)]
         action: Option<MetricsAction>,
     },
+    /// Create or import models.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Delete cache entries and objects that neither forge.lock nor a recent run references.
     Gc {
         /// Keep run-cache entries younger than this many days (so reverting an edit stays instant).
         #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
         keep_days: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Turn a GGUF file (Llama architecture, e.g. SmolLM2) into a Hugging Face model directory:
+    /// config.json, model.safetensors (dequantized), tokenizer.json, tokenizer_config.json.
+    Import {
+        /// The .gguf file.
+        file: PathBuf,
+        /// The directory to write (must be empty or absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Weight dtype of the safetensors: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
 }
 
@@ -351,6 +372,21 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     print!("{}", metrics::diff(&ws, against.as_deref())?);
                 }
             }
+            Ok(0)
+        }
+        Command::Model {
+            action: ModelAction::Import { file, out, dtype },
+        } => {
+            use forge_stages::model::import::{ImportOptions, WeightDtype, import_gguf};
+            let dtype: WeightDtype = dtype.parse().map_err(|e| Exit {
+                code: 2,
+                message: format!("--dtype {dtype}: {e}"),
+            })?;
+            let report = import_gguf(&file, &out, &ImportOptions { dtype }).map_err(|e| Exit {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            println!("{}", report.summary());
             Ok(0)
         }
         Command::Gc { keep_days } => {
