@@ -16,12 +16,14 @@
 //! - [`bfcl`]: data, categories, per-entry verdicts, section scores; [`bfcl::score_results`]
 //!   scores a BFCL result file.
 //! - [`report`]: `report.md` in the seed's results layout.
+//! - [`metrics`]: the seed's ladder (emits_json … strict, hallucinated, hit_cap).
 
 #[cfg(test)]
 mod agreement;
 pub mod bfcl;
 pub mod checker;
 pub mod convert;
+pub mod metrics;
 pub mod parse;
 pub mod report;
 pub mod value;
