@@ -746,9 +746,10 @@ fn parse_result_line(path: &Path, line: usize, text: &str) -> Result<ResultLine,
 /// - `limit`: score only the first `limit` entries of each category (data order); results for
 ///   later entries are ignored.
 ///
-/// Every entry to score must have exactly one result line. Lines for categories not selected,
-/// or for BFCL categories forge does not score (multi-turn, agentic), are counted in
-/// [`Scores::ignored_results`]; any other id is an error.
+/// Every entry to score must have exactly one result line, whose `result` is a string. Lines for
+/// categories not selected, or for BFCL categories forge does not score (multi-turn, agentic,
+/// format sensitivity), are counted in [`Scores::ignored_results`]; lines for entries past the
+/// limit are skipped; an id that is no BFCL entry is an error, as is a repeated id.
 pub fn score_results(
     data_dir: &Path,
     results_path: &Path,
@@ -766,6 +767,19 @@ pub fn score_results(
                 first_path: first.path.clone(),
                 first_line: first.line,
             });
+        }
+    }
+    let mut ignored = 0;
+    for r in &results {
+        if Category::of_id(&r.id).is_none() {
+            if !is_unscored_bfcl_id(&r.id) {
+                return Err(EvalError::UnknownId {
+                    path: r.path.clone(),
+                    line: r.line,
+                    id: r.id.clone(),
+                });
+            }
+            ignored += 1;
         }
     }
     let selected: Vec<Category> = match categories {
@@ -787,28 +801,17 @@ pub fn score_results(
         });
     }
     let data = Dataset::load(data_dir, &selected, limit)?;
-
-    let mut ignored = 0;
     for r in &results {
         match Category::of_id(&r.id) {
-            Some(c) if selected.contains(&c) => {
-                if !data.all_ids.contains(&r.id) {
-                    return Err(EvalError::UnknownId {
-                        path: r.path.clone(),
-                        line: r.line,
-                        id: r.id.clone(),
-                    });
-                }
-            }
-            Some(_) => ignored += 1,
-            None if is_unscored_bfcl_id(&r.id) => ignored += 1,
-            None => {
+            Some(c) if selected.contains(&c) && !data.all_ids.contains(&r.id) => {
                 return Err(EvalError::UnknownId {
                     path: r.path.clone(),
                     line: r.line,
                     id: r.id.clone(),
                 });
             }
+            Some(c) if !selected.contains(&c) => ignored += 1,
+            _ => {}
         }
     }
 
@@ -855,4 +858,253 @@ pub fn score_results(
     let mut scores = Scores::from_verdicts(verdicts, limit);
     scores.ignored_results = ignored;
     Ok(scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    const FUNC: &str = r#"[{"name": "f", "description": "d", "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}]"#;
+
+    /// A data dir with two simple_python entries and one irrelevance entry.
+    fn data() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let q = r#"[[{"role": "user", "content": "q"}]]"#;
+        let line = |id: &str| format!(r#"{{"id": "{id}", "question": {q}, "function": {FUNC}}}"#);
+        fs::write(
+            dir.path().join("BFCL_v4_simple_python.json"),
+            format!("{}\n{}\n", line("simple_python_0"), line("simple_python_1")),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("BFCL_v4_irrelevance.json"),
+            line("irrelevance_0"),
+        )
+        .unwrap();
+        fs::create_dir(dir.path().join("possible_answer")).unwrap();
+        fs::write(
+            dir.path()
+                .join("possible_answer/BFCL_v4_simple_python.json"),
+            "{\"id\": \"simple_python_0\", \"ground_truth\": [{\"f\": {\"x\": [1]}}]}\n\
+             {\"id\": \"simple_python_1\", \"ground_truth\": [{\"f\": {\"x\": [2]}}]}\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn call(x: i64) -> String {
+        format!(
+            "<tool_call>\\n{{\\\"name\\\": \\\"f\\\", \\\"arguments\\\": {{\\\"x\\\": {x}}}}}\\n</tool_call>"
+        )
+    }
+
+    fn results(dir: &Path, lines: &[String]) -> PathBuf {
+        let path = dir.join("results.jsonl");
+        fs::write(&path, lines.join("\n")).unwrap();
+        path
+    }
+
+    fn line(id: &str, result: &str) -> String {
+        format!(r#"{{"id": "{id}", "result": "{result}"}}"#)
+    }
+
+    #[test]
+    fn scores_a_results_file() {
+        let d = data();
+        let r = results(
+            d.path(),
+            &[
+                line("simple_python_1", &call(3)),
+                line("simple_python_0", &call(1)),
+                line("irrelevance_0", "No tool fits."),
+                String::new(),
+            ],
+        );
+        let s = score_results(d.path(), &r, None, None).unwrap();
+        assert_eq!(
+            s.entries
+                .iter()
+                .map(|v| (v.id.as_str(), v.valid, v.error_type.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                ("simple_python_0", true, None),
+                ("simple_python_1", false, Some("value_error:others")),
+                ("irrelevance_0", true, None),
+            ]
+        );
+        assert_eq!(s.category(Category::SimplePython).unwrap().correct, 1);
+        assert_eq!(
+            s.sections().non_live,
+            None,
+            "java and the rest were not run"
+        );
+
+        let only = score_results(d.path(), &r, Some(&[Category::SimplePython]), Some(1)).unwrap();
+        assert_eq!(only.entries.len(), 1);
+        assert_eq!(only.ignored_results, 1, "the irrelevance line");
+    }
+
+    fn err(d: &Path, lines: &[String], categories: Option<&[Category]>) -> String {
+        let r = results(d, lines);
+        score_results(d, &r, categories, None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_results_are_errors_with_their_place() {
+        let d = data();
+        let p = d.path();
+        let e = err(p, &[line("simple_python_0", "x"), "{oops".into()], None);
+        assert!(e.contains("results.jsonl:2: not valid JSON"), "{e}");
+        let e = err(p, &["[1]".into()], None);
+        assert!(e.contains("results.jsonl:1: not a JSON object"), "{e}");
+        let e = err(p, &[r#"{"result": "x"}"#.into()], None);
+        assert!(e.contains("results.jsonl:1: no `id`"), "{e}");
+        let e = err(p, &[r#"{"id": "simple_python_0"}"#.into()], None);
+        assert!(
+            e.contains("results.jsonl:1: no `result` for `simple_python_0`"),
+            "{e}"
+        );
+        let e = err(
+            p,
+            &[
+                line("simple_python_0", "a"),
+                line("simple_python_1", "b"),
+                line("simple_python_0", "c"),
+            ],
+            None,
+        );
+        assert!(
+            e.contains("results.jsonl:3: a second result for `simple_python_0`"),
+            "{e}"
+        );
+        assert!(e.contains("results.jsonl:1)"), "{e}");
+        let e = err(
+            p,
+            &[line("simple_python_0", "a"), line("simple_python_7", "b")],
+            None,
+        );
+        assert!(
+            e.contains("results.jsonl:2: `simple_python_7` is not an entry"),
+            "{e}"
+        );
+        let e = err(p, &[line("nonsense", "a")], None);
+        assert!(e.contains("`nonsense` is not an entry"), "{e}");
+        let e = err(p, &[line("simple_python_1", "a")], None);
+        assert!(
+            e.contains("no result for 1 of the 2 simple_python entries to score (the first: `simple_python_0`)"),
+            "{e}"
+        );
+        let e = err(
+            p,
+            &[
+                line("simple_python_0", "a"),
+                r#"{"id": "simple_python_1", "result": [["f()"]]}"#.into(),
+            ],
+            None,
+        );
+        assert!(
+            e.contains("results.jsonl:2: `result` of `simple_python_1` is a list"),
+            "{e}"
+        );
+        let e = err(
+            p,
+            &[r#"{"id": "multi_turn_base_0", "result": [[]]}"#.into()],
+            None,
+        );
+        assert!(e.contains("no results for any category"), "{e}");
+        let e = err(
+            p,
+            &[line("irrelevance_0", "a")],
+            Some(&[Category::Multiple]),
+        );
+        assert!(e.contains("BFCL_v4_multiple.json"), "{e}");
+        let missing = p.join("nowhere.jsonl");
+        let e = score_results(p, &missing, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nowhere.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn bad_data_is_an_error_with_its_place() {
+        let d = data();
+        let answers = d.path().join("possible_answer/BFCL_v4_simple_python.json");
+        let good = fs::read_to_string(&answers).unwrap();
+        fs::write(&answers, good.replace("simple_python_1", "simple_python_9")).unwrap();
+        let e = Dataset::load(d.path(), &[Category::SimplePython], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BFCL_v4_simple_python.json:2: possible answer `simple_python_9` does not line up with entry `simple_python_1`"), "{e}");
+        fs::write(&answers, good.lines().next().unwrap()).unwrap();
+        let e = Dataset::load(d.path(), &[Category::SimplePython], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 possible answers for 2 entries"), "{e}");
+        fs::write(
+            d.path().join("BFCL_v4_irrelevance.json"),
+            "{\"id\": \"irrelevance_0\"",
+        )
+        .unwrap();
+        let e = Dataset::load(d.path(), &[Category::Irrelevance], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BFCL_v4_irrelevance.json:1: not valid JSON"),
+            "{e}"
+        );
+        fs::write(
+            d.path().join("BFCL_v4_irrelevance.json"),
+            "{\"id\": \"parallel_0\"}",
+        )
+        .unwrap();
+        let e = Dataset::load(d.path(), &[Category::Irrelevance], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("entry `parallel_0` is not of category irrelevance"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn results_directories_in_bfcls_layout() {
+        let d = data();
+        let sub = d.path().join("result/Qwen_Qwen3/non_live");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(
+            sub.join("BFCL_v4_simple_python_result.json"),
+            format!(
+                "{}\n{}\n",
+                line("simple_python_0", &call(1)),
+                line("simple_python_1", &call(2))
+            ),
+        )
+        .unwrap();
+        fs::write(sub.join("notes.txt"), "not results").unwrap();
+        let s = score_results(d.path(), &d.path().join("result"), None, None).unwrap();
+        assert_eq!(s.category(Category::SimplePython).unwrap().correct, 2);
+    }
+
+    #[test]
+    fn categories_parse_by_name_and_group() {
+        assert_eq!(Category::parse_list("all").unwrap().len(), 13);
+        assert_eq!(
+            Category::parse_list("live_simple, simple_java,live_simple").unwrap(),
+            [Category::SimpleJava, Category::LiveSimple]
+        );
+        assert_eq!(Category::parse_list("non_live").unwrap().len(), 7);
+        assert_eq!(Category::parse_list("live").unwrap().len(), 6);
+        let e = Category::parse_list("simple").unwrap_err().to_string();
+        assert!(e.contains("unknown BFCL category `simple`"), "{e}");
+        assert_eq!(
+            Category::of_id("live_parallel_multiple_3-1-0"),
+            Some(Category::LiveParallelMultiple)
+        );
+        assert_eq!(Category::of_id("multi_turn_base_3"), None);
+        assert_eq!(Category::of_id("x"), None);
+    }
 }
