@@ -8,6 +8,7 @@
 
 mod contract;
 pub mod data;
+pub mod eval;
 pub mod model;
 
 pub use contract::{
