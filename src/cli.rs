@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<MetricsAction>,
     },
+    /// Score model outputs with BFCL's rules (identical verdicts to the official checker).
+    Bfcl {
+        #[command(subcommand)]
+        action: BfclAction,
+    },
     /// Create or import models.
     Model {
         #[command(subcommand)]
@@ -111,6 +116,30 @@ enum Command {
         /// Keep run-cache entries younger than this many days (so reverting an edit stays instant).
         #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
         keep_days: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BfclAction {
+    /// Score a results file in BFCL's own format (one JSON line per entry: `id` and the raw model
+    /// text in `result`), or a BFCL results directory. Prints the per-category report.
+    Score {
+        /// BFCL's data directory (bfcl_eval/data: BFCL_v4_*.json and possible_answer/);
+        /// scripts/fetch-bfcl.sh DIR fetches it.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        results: PathBuf,
+        /// Comma-separated categories or groups (all, single_turn, non_live, live); default:
+        /// every category present in the results.
+        #[arg(long, value_name = "LIST")]
+        categories: Option<String>,
+        /// Score only the first N entries of each category.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print the scores (and each entry's verdict) as JSON instead of the report.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -371,6 +400,39 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     let _ = pipeline;
                     print!("{}", metrics::diff(&ws, against.as_deref())?);
                 }
+            }
+            Ok(0)
+        }
+        Command::Bfcl {
+            action:
+                BfclAction::Score {
+                    data,
+                    results,
+                    categories,
+                    limit,
+                    json,
+                },
+        } => {
+            use forge_stages::eval::{Category, score_results};
+            let categories = categories
+                .map(|c| Category::parse_list(&c))
+                .transpose()
+                .map_err(|e| Exit {
+                    code: 2,
+                    message: e.to_string(),
+                })?;
+            let scores =
+                score_results(&data, &results, categories.as_deref(), limit).map_err(|e| Exit {
+                    code: 2,
+                    message: e.to_string(),
+                })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&scores).expect("scores serialize")
+                );
+            } else {
+                print!("{}", scores.to_report_md());
             }
             Ok(0)
         }
