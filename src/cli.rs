@@ -384,7 +384,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             Ok(0)
         }
         Command::Metrics { action } => {
-            let (ws, pipeline, dag) = load(&cli.file, &[])?;
+            let (ws, _, dag) = load(&cli.file, &[])?;
             match action.unwrap_or(MetricsAction::Show {
                 stages: Vec::new(),
                 json: false,
@@ -397,7 +397,6 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     print!("{}", metrics::show(&ws, &stages, json)?);
                 }
                 MetricsAction::Diff { against } => {
-                    let _ = pipeline;
                     print!("{}", metrics::diff(&ws, against.as_deref())?);
                 }
             }

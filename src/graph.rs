@@ -111,20 +111,6 @@ impl Dag {
             .collect())
     }
 
-    /// Direct upstream stages of `stage`, in topological order.
-    pub fn upstream(&self, stage: &str) -> Vec<String> {
-        let n = self.index[stage];
-        let ups: BTreeSet<NodeIndex> = self
-            .graph
-            .neighbors_directed(n, Direction::Incoming)
-            .collect();
-        self.order
-            .iter()
-            .filter(|s| ups.contains(&self.index[*s]))
-            .cloned()
-            .collect()
-    }
-
     pub fn render(&self, format: Format) -> String {
         let mut s = String::new();
         let edges = |n: NodeIndex| -> Vec<&str> {
@@ -236,7 +222,6 @@ mod tests {
                 .unwrap_err()
                 .contains("no stage `nope`")
         );
-        assert_eq!(d.upstream("d"), ["b", "c"]);
     }
 
     #[test]

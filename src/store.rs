@@ -71,10 +71,6 @@ impl Store {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn object_path(&self, hash: &str) -> PathBuf {
         let (a, b) = hash.split_at(2.min(hash.len()));
         self.root.join("objects").join(a).join(b)

@@ -369,20 +369,7 @@ fn outputs_edited_by_hand_and_corrupt_objects_are_repaired() {
         r.stdout
     );
     assert_eq!(ws.read("artifacts/report/report"), "6\nv1:HELLO\n");
-    for obj in walk(&ws.path("cache/objects")) {
-        let name = format!(
-            "{}{}",
-            obj.parent().unwrap().file_name().unwrap().to_string_lossy(),
-            obj.file_name().unwrap().to_string_lossy()
-        );
-        assert_eq!(
-            blake3::hash(&std::fs::read(&obj).unwrap())
-                .to_hex()
-                .as_str(),
-            name,
-            "{obj:?}"
-        );
-    }
+    assert_store_intact(&ws.path("cache/objects"));
 }
 
 const KILL_PIPELINE: &str = r#"
@@ -445,20 +432,7 @@ fn kill_9_at_random_moments_never_corrupts_the_workspace() {
         );
     }
     assert_eq!(std::fs::read_dir(ws.path("cache/tmp")).unwrap().count(), 0);
-    for obj in walk(&ws.path("cache/objects")) {
-        let name = format!(
-            "{}{}",
-            obj.parent().unwrap().file_name().unwrap().to_string_lossy(),
-            obj.file_name().unwrap().to_string_lossy()
-        );
-        assert_eq!(
-            blake3::hash(&std::fs::read(&obj).unwrap())
-                .to_hex()
-                .as_str(),
-            name,
-            "{obj:?}"
-        );
-    }
+    assert_store_intact(&ws.path("cache/objects"));
 }
 
 #[test]

@@ -135,3 +135,16 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .filter(|(rel, _)| !rel.starts_with('.'))
         .collect()
 }
+
+/// Every object in the store at `objects` is named by the blake3 of its bytes.
+pub fn assert_store_intact(objects: &Path) {
+    for obj in walk(objects) {
+        let name = format!(
+            "{}{}",
+            obj.parent().unwrap().file_name().unwrap().to_string_lossy(),
+            obj.file_name().unwrap().to_string_lossy()
+        );
+        let bytes = std::fs::read(&obj).unwrap();
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), name, "{obj:?}");
+    }
+}
