@@ -8,6 +8,7 @@
 
 mod contract;
 pub mod data;
+pub mod model;
 
 pub use contract::{
     Context, Device, Input, NoProgress, ParamError, Progress, Report, Stage, StageError, TypedStage,
