@@ -10,11 +10,13 @@
 //! - [`ops`]: RMSNorm, softmax, RoPE and cross-entropy built from differentiable candle ops (candle's
 //!   fused kernels have no backward; they are used only where no gradient is asked for).
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
+//! - [`init`]: random-initialized models with the real tokenizer; the `model-init` stage.
 
 pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod embedding;
+pub mod init;
 pub mod linear;
 pub mod load;
 pub mod ops;
