@@ -11,11 +11,14 @@
 //!   fused kernels have no backward; they are used only where no gradient is asked for).
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
 //! - [`init`]: random-initialized models with the real tokenizer; the `model-init` stage.
+//! - [`generate`]: batched generation with a KV cache, sampling, stop tokens, repetition
+//!   detection, streaming; [`generate::chat`] for `forge generate`.
 
 pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod embedding;
+pub mod generate;
 pub mod init;
 pub mod linear;
 pub mod load;
