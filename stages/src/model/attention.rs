@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::linear::Linear;
-use super::ops::{rms_norm, softmax_last_dim};
+use super::ops::{masked_softmax, rms_norm};
 use super::rope;
 
 /// Per-forward inputs shared by every layer: RoPE tables `[B, T, D/2]` and the mask
@@ -58,17 +58,6 @@ pub fn attention_mask(
         Some(k) => causal.broadcast_mul(&k.unsqueeze(1)?)?,
     };
     mask.unsqueeze(1)
-}
-
-/// The lowest finite value of a float dtype: what masked scores become.
-pub fn lowest(dtype: DType, device: &Device) -> Result<Tensor> {
-    match dtype {
-        DType::F64 => Tensor::new(f64::MIN, device),
-        DType::F32 => Tensor::new(f32::MIN, device),
-        DType::BF16 => Tensor::new(half::bf16::MIN, device),
-        DType::F16 => Tensor::new(half::f16::MIN, device),
-        other => candle_core::bail!("attention scores of dtype {other:?}"),
-    }
 }
 
 /// The keys and values a layer has seen: `[B, kv_heads, P, head_dim]` each.
@@ -177,7 +166,7 @@ impl Attention {
         x: &Tensor,
         ctx: &AttentionContext,
         cache: Option<&mut LayerCache>,
-        allow_fused: bool,
+        fused: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -185,18 +174,18 @@ impl Attention {
         let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
         let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
         let q = match &self.q_norm {
-            Some(w) => rms_norm(&q, w, self.rms_norm_eps, allow_fused)?,
+            Some(w) => rms_norm(&q, w, self.rms_norm_eps, fused)?,
             None => q,
         };
         let k = match &self.k_norm {
-            Some(w) => rms_norm(&k, w, self.rms_norm_eps, allow_fused)?,
+            Some(w) => rms_norm(&k, w, self.rms_norm_eps, fused)?,
             None => k,
         };
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = rope::apply(&q, &ctx.cos, &ctx.sin, allow_fused)?;
-        let k = rope::apply(&k, &ctx.cos, &ctx.sin, allow_fused)?;
+        let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
+        let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -216,10 +205,7 @@ impl Attention {
             .matmul(&k.t()?)?
             .affine(scale, 0.0)?
             .reshape((b, h, t, s))?;
-        let mask = ctx.mask.broadcast_as(scores.shape())?;
-        let lowest = lowest(scores.dtype(), scores.device())?.broadcast_as(scores.shape())?;
-        let scores = mask.where_cond(&scores, &lowest)?;
-        let probs = softmax_last_dim(&scores, allow_fused)?;
+        let probs = masked_softmax(&scores, Some(&ctx.mask), fused)?;
         let out = probs
             .reshape((b, kvh, groups * t, s))?
             .matmul(&v)?

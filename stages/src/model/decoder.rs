@@ -124,12 +124,12 @@ impl Layer {
         x: &Tensor,
         ctx: &AttentionContext,
         cache: Option<&mut super::attention::LayerCache>,
-        allow_fused: bool,
+        fused: bool,
     ) -> CandleResult<Tensor> {
         let eps = self.rms_norm_eps;
-        let h = rms_norm(x, &self.input_norm, eps, allow_fused)?;
-        let x = (x + self.attention.forward(&h, ctx, cache, allow_fused)?)?;
-        let h = rms_norm(&x, &self.post_attention_norm, eps, allow_fused)?;
+        let h = rms_norm(x, &self.input_norm, eps, fused)?;
+        let x = (x + self.attention.forward(&h, ctx, cache, fused)?)?;
+        let h = rms_norm(&x, &self.post_attention_norm, eps, fused)?;
         x + self.mlp.forward(&h)?
     }
 
@@ -177,7 +177,7 @@ pub struct Decoder {
     rope: Rope,
     dtype: DType,
     device: Device,
-    allow_fused: bool,
+    fused: bool,
 }
 
 /// The tensors every layer has, by their name inside `model.layers.N.`.
@@ -367,7 +367,7 @@ impl Decoder {
             lm_head,
             dtype,
             device: device.clone(),
-            allow_fused: true,
+            fused: true,
         })
     }
 
@@ -395,10 +395,10 @@ impl Decoder {
         &self.lm_head
     }
 
-    /// Whether candle's fused kernels (no backward) may run where no gradient is needed (the
-    /// default). Off, every op takes its differentiable form: for tests that compare the two.
-    pub fn set_allow_fused(&mut self, allow: bool) {
-        self.allow_fused = allow;
+    /// Whether RMSNorm, softmax and RoPE run as the fused ops of [`super::fused`] (the default)
+    /// or composed of candle ops (the slow reference, for tests that compare the two).
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
     }
 
     /// Every projection, in layer order then q, k, v, o, gate, up, down.
@@ -479,7 +479,7 @@ impl Decoder {
         let mut x = self.embedding.forward(&batch.ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, &ctx, slot, self.allow_fused)?;
+            x = layer.forward(&x, &ctx, slot, self.fused)?;
         }
         if let Some(cache) = cache {
             let (b, t) = batch.ids.dims2()?;
@@ -489,7 +489,7 @@ impl Decoder {
     }
 
     fn final_norm(&self, x: &Tensor) -> CandleResult<Tensor> {
-        rms_norm(x, &self.norm, self.config.rms_norm_eps, self.allow_fused)
+        rms_norm(x, &self.norm, self.config.rms_norm_eps, self.fused)
     }
 
     /// Logits `[.., vocab]` of hidden states `[.., hidden]`.
@@ -508,18 +508,35 @@ impl Decoder {
     }
 
     /// Computes `loss(self, hidden)` over `batch` (`hidden` = the final hidden states) and the
-    /// gradients of every `Var` it depends on. With `checkpoint`, layer activations are recomputed
-    /// in the backward pass instead of kept (see the module docs); the gradients are the same.
-    /// Returns the loss (detached) and the gradients.
+    /// gradients of the trainable tensors `params` (`Var`s' tensors: LoRA matrices, token-row
+    /// deltas, …). Returns the loss (detached) and a store holding exactly the gradients of those
+    /// `params` the loss depends on.
+    ///
+    /// With `checkpoint`, layer activations are recomputed in the backward pass instead of kept
+    /// (see the module docs); the gradients are the same. A `loss` that needs logits at a few
+    /// positions only (completion tokens) should compute them there only: with a 151,936-token
+    /// vocabulary the head and the loss are most of a small model's cost.
     pub fn loss_and_grads(
         &self,
         batch: &Batch,
         checkpoint: bool,
+        params: &[&Tensor],
         loss: impl FnOnce(&Decoder, &Tensor) -> CandleResult<Tensor>,
     ) -> CandleResult<(Tensor, GradStore)> {
+        // candle's backward also keeps gradients of frozen operands; only `params`' are wanted.
+        let keep = |mut store: GradStore, into: &mut GradStore| -> CandleResult<()> {
+            let mut kept = GradStore::default();
+            for p in params {
+                if let Some(g) = store.remove(p) {
+                    kept.insert(p, g);
+                }
+            }
+            into.extend(kept)
+        };
+        let mut grads = GradStore::default();
         if !checkpoint {
             let l = loss(self, &self.hidden(batch, None)?)?;
-            let grads = l.backward()?;
+            keep(l.backward()?, &mut grads)?;
             return Ok((l.detach(), grads));
         }
         let ctx = self.context(batch, None)?;
@@ -527,28 +544,32 @@ impl Decoder {
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = embedded.detach();
         for layer in &self.layers {
-            let next = layer.forward(&x, &ctx, None, self.allow_fused)?.detach();
+            let next = layer.forward(&x, &ctx, None, self.fused)?.detach();
             inputs.push(x);
             x = next;
         }
         let last = Var::from_tensor(&x)?;
         let l = loss(self, &self.final_norm(last.as_tensor())?)?;
-        let mut grads = l.backward()?;
-        let mut upstream = grads.remove(last.as_tensor());
+        let mut head = l.backward()?;
+        let value = l.detach();
+        // The head's graph (logits: the largest activation of all) must not outlive its backward.
+        drop(l);
+        let mut upstream = head.remove(last.as_tensor());
+        keep(head, &mut grads)?;
         for (layer, input) in self.layers.iter().zip(inputs).rev() {
             let Some(g) = upstream.take() else { break };
             let input = Var::from_tensor(&input)?;
-            let out = layer.forward(input.as_tensor(), &ctx, None, self.allow_fused)?;
+            let out = layer.forward(input.as_tensor(), &ctx, None, self.fused)?;
             let mut layer_grads = (out * g)?.sum_all()?.backward()?;
             upstream = layer_grads.remove(input.as_tensor());
-            grads.extend(layer_grads)?;
+            keep(layer_grads, &mut grads)?;
         }
         if let Some(g) = upstream
             && embedded.track_op()
         {
-            grads.extend((embedded * g)?.sum_all()?.backward()?)?;
+            keep((embedded * g)?.sum_all()?.backward()?, &mut grads)?;
         }
-        Ok((l.detach(), grads))
+        Ok((value, grads))
     }
 
     /// Every weight as Hugging Face names it, dense (quantized weights dequantized; adapters and
@@ -689,7 +710,7 @@ pub(crate) mod tests {
             let mut model = Decoder::load(&fixture(arch), DType::F32, &Device::Cpu).unwrap();
             assert_eq!(model.config().arch.model_type(), arch);
             for fused in [true, false] {
-                model.set_allow_fused(fused);
+                model.set_fused(fused);
                 let err = golden_error(&model, &g);
                 println!("{arch} (fused kernels {fused}): max abs logit error {err:.2e}");
                 assert!(err < 1e-4, "{arch} fused={fused}: max abs error {err}");
@@ -856,11 +877,17 @@ pub(crate) mod tests {
         let mut kinds = std::collections::BTreeMap::<String, f64>::new();
         for arch in ARCHS {
             let (model, vars) = trainable(arch);
+            let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
             let (_, grads) = model
-                .loss_and_grads(&batch, false, |m, h| {
+                .loss_and_grads(&batch, false, &params, |m, h| {
                     next_token_loss(m, h, &targets, &weights)
                 })
                 .unwrap();
+            assert_eq!(
+                grads.get_ids().count(),
+                params.len(),
+                "{arch}: the params' gradients only"
+            );
             let f = || {
                 let h = model.hidden(&batch, None).unwrap();
                 next_token_loss(&model, &h, &targets, &weights)
@@ -917,8 +944,9 @@ pub(crate) mod tests {
             for d in &deltas {
                 d.set(&start).unwrap();
             }
+            let params: Vec<&Tensor> = deltas.iter().map(|d| d.as_tensor()).collect();
             let (_, grads) = model
-                .loss_and_grads(&batch, false, |m, h| {
+                .loss_and_grads(&batch, false, &params, |m, h| {
                     next_token_loss(m, h, &targets, &weights)
                 })
                 .unwrap();
@@ -950,8 +978,7 @@ pub(crate) mod tests {
                 assert_eq!(row40 > 0.0, through_head, "{arch} delta {i}: {row40}");
             }
             // No other parameter is trained: the frozen weights have no gradient.
-            let emb = model.embedding().weight();
-            assert!(grads.get(emb).is_none());
+            assert_eq!(grads.get_ids().count(), params.len());
         }
     }
 
@@ -962,22 +989,47 @@ pub(crate) mod tests {
             let (mut model, vars) = trainable(arch);
             let rows = model.train_token_rows(&[9, 127], DType::F64).unwrap();
             let loss = |m: &Decoder, h: &Tensor| next_token_loss(m, h, &targets, &weights);
-            let (l1, g1) = model.loss_and_grads(&batch, false, loss).unwrap();
-            let (l2, g2) = model.loss_and_grads(&batch, true, loss).unwrap();
-            assert_eq!(
-                l1.to_scalar::<f64>().unwrap(),
-                l2.to_scalar::<f64>().unwrap()
-            );
             let mut all: Vec<(String, Tensor)> = vars
                 .iter()
                 .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
                 .collect();
             all.push(("rows".into(), rows.embedding.delta().as_tensor().clone()));
+            let params: Vec<&Tensor> = all.iter().map(|(_, t)| t).collect();
+            let (l1, g1) = model.loss_and_grads(&batch, false, &params, loss).unwrap();
+            let (l2, g2) = model.loss_and_grads(&batch, true, &params, loss).unwrap();
+            assert_eq!(
+                l1.to_scalar::<f64>().unwrap(),
+                l2.to_scalar::<f64>().unwrap()
+            );
+            assert_eq!(g2.get_ids().count(), params.len());
             for (name, t) in all {
                 let (a, b) = (g1.get(&t).unwrap(), g2.get(&t).unwrap());
                 let err = max_abs(a, b);
                 assert!(err < 1e-12, "{arch} {name}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn gradient_steps_lower_the_loss() {
+        let (batch, targets, weights) = training_batch();
+        let (model, vars) = trainable("qwen3");
+        let loss = |m: &Decoder, h: &Tensor| next_token_loss(m, h, &targets, &weights);
+        let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+        let (first, _) = model.loss_and_grads(&batch, true, &params, loss).unwrap();
+        for _ in 0..10 {
+            let (_, grads) = model.loss_and_grads(&batch, true, &params, loss).unwrap();
+            for (_, v) in &vars {
+                let g = grads.get(v.as_tensor()).unwrap();
+                v.set(&(v.as_tensor() - (g * 0.5).unwrap()).unwrap())
+                    .unwrap();
+            }
+        }
+        let (last, _) = model.loss_and_grads(&batch, true, &params, loss).unwrap();
+        let (first, last) = (
+            first.to_scalar::<f64>().unwrap(),
+            last.to_scalar::<f64>().unwrap(),
+        );
+        assert!(last < 0.5 * first, "loss {first} -> {last}");
     }
 }

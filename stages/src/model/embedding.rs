@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 
-use super::linear::matmul_t;
+use super::linear::{matmul_t, project};
 
 /// A trainable delta on rows `ids` of a frozen `[vocab, hidden]` matrix.
 #[derive(Debug)]
@@ -162,7 +162,7 @@ impl LmHead {
     /// `h [.., hidden]` → logits `[.., vocab]`.
     pub fn forward(&self, h: &Tensor, embedding: &Embedding) -> Result<Tensor> {
         let w = self.weight.as_ref().unwrap_or(&embedding.weight);
-        let logits = matmul_t(h, w)?;
+        let logits = project(h, w)?;
         match &self.rows {
             Some(rows) => rows.add_logits(h, &logits),
             None => Ok(logits),

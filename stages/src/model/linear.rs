@@ -39,7 +39,7 @@ pub struct DenseWeight {
 
 impl LinearWeight for DenseWeight {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        matmul_t(x, &self.weight)
+        project(x, &self.weight)
     }
     fn dims(&self) -> (usize, usize) {
         let d = self.weight.dims();
@@ -59,6 +59,17 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut shape = lead;
     shape.push(w.dim(0)?);
     y.reshape(shape)
+}
+
+/// `x · wᵀ` by the cheapest op that gives every gradient asked for:
+/// [`super::fused::frozen_matmul_t`] when only `x` needs one, [`matmul_t`] otherwise.
+pub fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.track_op() && !w.track_op() {
+        let w = w.clone();
+        super::fused::frozen_matmul_t(x, Arc::new(move || Ok(w.clone())))
+    } else {
+        matmul_t(x, w)
+    }
 }
 
 /// A projection of the decoder.
@@ -251,6 +262,55 @@ mod tests {
         // d(sum y)/dW[o, i] = sum over rows of x[., i].
         let g = grads.get(w.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(g, [[4., 6.], [4., 6.], [4., 6.]]);
+    }
+
+    #[test]
+    fn frozen_matmul_gives_the_input_gradient_only() {
+        let dev = Device::Cpu;
+        let v = |n: usize, k: f64| -> Vec<f64> {
+            (0..n).map(|i| ((i * 7 % 11) as f64 - 5.0) * k).collect()
+        };
+        let w = Tensor::from_vec(v(12, 0.3), (4, 3), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::from_vec(v(30, 0.2), (2, 5, 3), &dev).unwrap()).unwrap();
+        let probe = Tensor::from_vec(v(40, 0.1), (2, 5, 4), &dev).unwrap();
+        let frozen = project(x.as_tensor(), &w).unwrap();
+        let plain = matmul_t(x.as_tensor(), &w).unwrap();
+        assert_eq!(
+            frozen.to_vec3::<f64>().unwrap(),
+            plain.to_vec3::<f64>().unwrap()
+        );
+        let g_frozen = (frozen * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_plain = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (a, b) = (
+            g_frozen.get(x.as_tensor()).unwrap(),
+            g_plain.get(x.as_tensor()).unwrap(),
+        );
+        assert_eq!(a.to_vec3::<f64>().unwrap(), b.to_vec3::<f64>().unwrap());
+        // candle's own matmul leaves a weight-sized gradient behind; the frozen op does not (both
+        // keep one for the probe of the test's multiplication).
+        assert_eq!(g_frozen.get_ids().count(), 2);
+        assert_eq!(g_plain.get_ids().count(), 3);
+        let f = || {
+            (project(x.as_tensor(), &w).unwrap() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let coords: Vec<usize> = (0..30).collect();
+        let worst = crate::model::ops::tests::check_grad(&x, a, &coords, 1e-6, 1e-6, &f);
+        assert!(worst < 1e-8, "worst relative error {worst}");
     }
 
     #[test]

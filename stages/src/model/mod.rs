@@ -7,8 +7,8 @@
 //! - [`attention`]: grouped-query attention, masks for padded batches, the KV cache.
 //! - [`linear`]: the [`Linear`] every projection goes through — the hook LoRA and NF4 plug into.
 //! - [`embedding`]: the token embedding and tied/untied head, with trainable token rows.
-//! - [`ops`]: RMSNorm, softmax, RoPE and cross-entropy built from differentiable candle ops (candle's
-//!   fused kernels have no backward; they are used only where no gradient is asked for).
+//! - [`fused`]: RMSNorm, masked softmax, RoPE and cross-entropy as candle custom ops with a
+//!   hand-written backward (candle's fused kernels have none); [`ops`]: their composed references.
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
 //! - [`init`]: random-initialized models with the real tokenizer; the `model-init` stage.
 //! - [`generate`]: batched generation with a KV cache, sampling, stop tokens, repetition
@@ -18,6 +18,7 @@ pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod embedding;
+pub mod fused;
 pub mod generate;
 pub mod init;
 pub mod linear;
