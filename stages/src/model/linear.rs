@@ -14,6 +14,11 @@ use std::sync::Arc;
 use candle_core::{D, Result, Tensor};
 
 /// A linear layer's base weight: `x [.., in] → x·Wᵀ [.., out]`.
+///
+/// A frozen weight whose input needs a gradient should compute through
+/// [`super::fused::frozen_matmul_t`] (as [`project`] does for a dense one): candle's matmul would
+/// also compute and keep a gradient for the weight. A quantized weight passes it a closure that
+/// dequantizes, so the dense matrix exists only inside one forward or backward call.
 pub trait LinearWeight: Send + Sync + fmt::Debug {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// `(out_features, in_features)`.
