@@ -23,6 +23,7 @@ pub fn registry() -> &'static [&'static dyn Stage] {
         &data::verify::Verify,
         &data::split::Split,
         &data::format::Format,
+        &model::init::ModelInit,
     ]
 }
 

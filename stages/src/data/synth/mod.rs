@@ -12,7 +12,7 @@
 
 mod catalogue;
 mod render;
-mod rng;
+pub(crate) mod rng;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -1,0 +1,266 @@
+//! Grouped-query self-attention, the masks that make padded batches exact, and the KV cache.
+//!
+//! Masks: a query at slot `i` (of this forward's `T`) sees key slot `j` (of the cache's `P` plus
+//! these `T`) iff `j <= P + i` (causal, by slot: the cache holds the past in order) and key `j` is a
+//! real token (not padding). Masked scores are set — not added — to the dtype's lowest finite
+//! value, so a padding query that sees no key at all gets a uniform, finite softmax instead of
+//! NaN, and real queries never notice padding: `exp(min - max)` is exactly 0.
+//!
+//! Grouped queries are computed without repeating keys and values: the queries of the `G` heads
+//! sharing a KV head are stacked as `G·T` rows of one matmul per KV head.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::linear::Linear;
+use super::ops::{masked_softmax, rms_norm};
+use super::rope;
+
+/// Per-forward inputs shared by every layer: RoPE tables `[B, T, D/2]` and the mask
+/// `[B, 1, T, P + T]` (u8, 1 = may attend).
+#[derive(Debug, Clone)]
+pub struct AttentionContext {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub mask: Tensor,
+}
+
+/// The mask of the module docs: `past_valid [B, P]` and `valid [B, T]` (u8; `None` = all real).
+pub fn attention_mask(
+    batch: usize,
+    past: usize,
+    t: usize,
+    past_valid: Option<&Tensor>,
+    valid: Option<&Tensor>,
+    device: &Device,
+) -> Result<Tensor> {
+    let s = past + t;
+    let causal: Vec<u8> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| u8::from(j <= past + i)))
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, t, s), device)?;
+    let keys = match (past_valid, valid) {
+        (None, None) => None,
+        (p, v) => {
+            let ones = |n| Tensor::ones((batch, n), DType::U8, device);
+            let p = match p {
+                Some(p) => p.clone(),
+                None => ones(past)?,
+            };
+            let v = match v {
+                Some(v) => v.clone(),
+                None => ones(t)?,
+            };
+            Some(Tensor::cat(&[&p, &v], 1)?)
+        }
+    };
+    let mask = match keys {
+        None => causal.broadcast_as((batch, t, s))?.contiguous()?,
+        Some(k) => causal.broadcast_mul(&k.unsqueeze(1)?)?,
+    };
+    mask.unsqueeze(1)
+}
+
+/// The keys and values a layer has seen: `[B, kv_heads, P, head_dim]` each.
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+/// Every layer's keys and values plus which past slots are real tokens, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub(crate) layers: Vec<LayerCache>,
+    /// `[B, len]` u8; `None` while every cached token is real.
+    pub(crate) valid: Option<Tensor>,
+    pub(crate) len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> KvCache {
+        KvCache {
+            layers: vec![None; num_layers],
+            valid: None,
+            len: 0,
+        }
+    }
+
+    /// Slots cached (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records that `t` more slots were cached, with their validity (`None` = all real).
+    pub(crate) fn advance(
+        &mut self,
+        batch: usize,
+        t: usize,
+        valid: Option<&Tensor>,
+        device: &Device,
+    ) -> Result<()> {
+        self.valid = match (&self.valid, valid) {
+            (None, None) => None,
+            (p, v) => {
+                let p = match p {
+                    Some(p) => p.clone(),
+                    None => Tensor::ones((batch, self.len), DType::U8, device)?,
+                };
+                let v = match v {
+                    Some(v) => v.clone(),
+                    None => Tensor::ones((batch, t), DType::U8, device)?,
+                };
+                Some(Tensor::cat(&[&p, &v], 1)?)
+            }
+        };
+        self.len += t;
+        Ok(())
+    }
+
+    /// Keeps only the batch rows `rows` (in that order): finished sequences leave the batch.
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(device) = self
+            .layers
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.device().clone())
+            .next()
+        else {
+            return Ok(());
+        };
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &device,
+        )?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        if let Some(valid) = &mut self.valid {
+            *valid = valid.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// One layer's self-attention.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// Qwen3's per-head RMSNorm weights `[head_dim]` of queries and keys.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+}
+
+impl Attention {
+    /// `x [B, T, hidden]` → `[B, T, hidden]`; with `cache`, keys and values are appended to it.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &AttentionContext,
+        cache: Option<&mut LayerCache>,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q.forward(x)?.reshape((b, t, h, d))?;
+        let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
+        let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
+        let q = match &self.q_norm {
+            Some(w) => rms_norm(&q, w, self.rms_norm_eps, fused)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(w) => rms_norm(&k, w, self.rms_norm_eps, fused)?,
+            None => k,
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
+        let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
+        let groups = h / kvh;
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = q.reshape((b, kvh, groups * t, d))?;
+        let scores = q
+            .matmul(&k.t()?)?
+            .affine(scale, 0.0)?
+            .reshape((b, h, t, s))?;
+        let probs = masked_softmax(&scores, Some(&ctx.mask), fused)?;
+        let out = probs
+            .reshape((b, kvh, groups * t, s))?
+            .matmul(&v)?
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
+        self.o.forward(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_by_slot_and_hides_padding() {
+        let dev = Device::Cpu;
+        // Row 0: one padding slot then two real tokens; row 1: all real. Two cached slots.
+        let past_valid = Tensor::new(&[[0u8, 1], [1, 1]], &dev).unwrap();
+        let m = attention_mask(2, 2, 1, Some(&past_valid), None, &dev).unwrap();
+        assert_eq!(m.dims(), [2, 1, 1, 3]);
+        let m = m.squeeze(1).unwrap().to_vec3::<u8>().unwrap();
+        assert_eq!(m, [[[0, 1, 1]], [[1, 1, 1]]]);
+        let valid = Tensor::new(&[[0u8, 1, 1]], &dev).unwrap();
+        let m = attention_mask(1, 0, 3, None, Some(&valid), &dev).unwrap();
+        let m = m.squeeze(1).unwrap().to_vec3::<u8>().unwrap();
+        assert_eq!(m, [[[0, 0, 0], [0, 1, 0], [0, 1, 1]]]);
+    }
+
+    #[test]
+    fn cache_tracks_validity_and_drops_rows() {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(1);
+        let k = Tensor::arange(0f32, 8., &dev)
+            .unwrap()
+            .reshape((2, 1, 2, 2))
+            .unwrap();
+        cache.layers[0] = Some((k.clone(), k));
+        let valid = Tensor::new(&[[0u8, 1], [1, 1]], &dev).unwrap();
+        cache.advance(2, 2, Some(&valid), &dev).unwrap();
+        cache.advance(2, 1, None, &dev).unwrap();
+        assert_eq!(cache.len(), 3);
+        assert_eq!(
+            cache.valid.as_ref().unwrap().to_vec2::<u8>().unwrap(),
+            [[0, 1, 1], [1, 1, 1]]
+        );
+        cache.select_rows(&[1]).unwrap();
+        let (k, _) = cache.layers[0].as_ref().unwrap();
+        assert_eq!(
+            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [4., 5., 6., 7.]
+        );
+        assert_eq!(
+            cache.valid.as_ref().unwrap().to_vec2::<u8>().unwrap(),
+            [[1, 1, 1]]
+        );
+    }
+}

@@ -1,0 +1,513 @@
+//! candle custom ops with a backward pass written here: RMSNorm, masked softmax, RoPE,
+//! cross-entropy and a matmul with a frozen weight, each checked against finite differences and
+//! against its composed form.
+//!
+//! Why not compose them from candle ops: candle 0.11's fused kernels (`rms_norm`,
+//! `softmax_last_dim`, `rope`) have no backward, and the composed forms, while correct, are slow
+//! and leave garbage behind — candle's backward computes and keeps a gradient for *every* operand
+//! of an op, frozen ones included: the `[B, heads, T, T]` constant of an attention mask, RoPE's
+//! cos/sin, a norm's weight broadcast to the activations. Kept until the backward ends, those
+//! tensors cost more memory than the activations themselves. Each op here has one gradient output
+//! per input that can carry one, and nothing else.
+//!
+//! How they compute: the forward runs candle's own (fused, multi-threaded, CUDA-capable) kernels
+//! on the op's inputs, which the op holds as detached handles — candle hands a custom op raw
+//! storage, so the result is copied once into the storage the op returns. The backward is
+//! candle ops on tensors that track nothing, so it builds no graph. Everything runs on any device
+//! candle supports; half-precision inputs are computed in f32 as transformers does.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Storage, Tensor,
+};
+
+use super::ops::compute_dtype;
+
+/// A computed tensor as storage a custom op can return (contiguous, from offset 0).
+fn into_storage(y: Tensor) -> Result<(Storage, Shape)> {
+    let y = if y.is_contiguous() && y.layout().start_offset() == 0 {
+        y
+    } else {
+        y.copy()?
+    };
+    let shape = y.shape().clone();
+    let (storage, layout) = y.storage_and_layout();
+    let owned = match &*storage {
+        Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
+        Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
+        Storage::Metal(_) => candle_core::bail!("Metal is not supported"),
+    };
+    Ok((owned, shape))
+}
+
+fn on_cpu(y: Result<Tensor>) -> Result<(CpuStorage, Shape)> {
+    match into_storage(y?)? {
+        (Storage::Cpu(s), shape) => Ok((s, shape)),
+        _ => candle_core::bail!("an op on CPU storage computed elsewhere"),
+    }
+}
+
+fn on_cuda(y: Result<Tensor>) -> Result<(CudaStorage, Shape)> {
+    match into_storage(y?)? {
+        (Storage::Cuda(s), shape) => Ok((s, shape)),
+        _ => candle_core::bail!("an op on CUDA storage computed elsewhere"),
+    }
+}
+
+/// `[.., 1]` sums over the last dim.
+fn sum_last(x: &Tensor) -> Result<Tensor> {
+    x.sum_keepdim(D::Minus1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dim, differentiable in `x` and (if it is
+/// trained) `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.apply_op2(
+        w,
+        RmsNorm {
+            x: x.detach(),
+            w: w.detach(),
+            eps,
+        },
+    )
+}
+
+struct RmsNorm {
+    x: Tensor,
+    w: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self) -> Result<Tensor> {
+        if self.x.dtype() == DType::F64 {
+            // candle's kernel accumulates in f32: f64 (gradient checks) takes the composed form.
+            super::ops::rms_norm_composed(&self.x, &self.w, self.eps)
+        } else {
+            candle_nn::ops::rms_norm(&self.x.contiguous()?, &self.w, self.eps as f32)
+        }
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        on_cpu(self.forward())
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        on_cuda(self.forward())
+    }
+
+    /// With `r = 1/sqrt(mean(x²) + eps)`, `n = x·r` and `gn = g·w`:
+    /// `dx = r·(gn − n·mean(gn·n))` and `dw = Σ_rows g·n`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let up = compute_dtype(x.dtype());
+        let (xu, gu, wu) = (
+            x.detach().to_dtype(up)?,
+            grad.to_dtype(up)?,
+            w.detach().to_dtype(up)?,
+        );
+        let r = (xu.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let n = xu.broadcast_mul(&r)?;
+        let gn = gu.broadcast_mul(&wu)?;
+        let dot = (&gn * &n)?.mean_keepdim(D::Minus1)?;
+        let dx = (gn - n.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
+        let dw = if w.track_op() {
+            let h = w.dim(0)?;
+            Some((gu * n)?.reshape(((), h))?.sum(0)?.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
+        Ok((Some(dx.to_dtype(x.dtype())?), dw))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masked softmax
+
+/// Softmax over the last dim of `scores` `[B, H, T, S]` where `mask` `[B, 1, T, S]` (u8) is 1; a
+/// masked score counts as the dtype's lowest value (a row with no visible key becomes uniform,
+/// not NaN). The gradient reaches unmasked scores only.
+pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    scores.apply_op1(MaskedSoftmax {
+        scores: scores.detach(),
+        mask: mask.cloned(),
+    })
+}
+
+struct MaskedSoftmax {
+    scores: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl MaskedSoftmax {
+    fn forward(&self) -> Result<Tensor> {
+        let dtype = self.scores.dtype();
+        let up = self.scores.to_dtype(compute_dtype(dtype))?;
+        let up = match &self.mask {
+            Some(mask) => super::ops::apply_mask(&up, mask)?,
+            None => up,
+        };
+        candle_nn::ops::softmax_last_dim(&up.contiguous()?)?.to_dtype(dtype)
+    }
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(self.forward())
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        on_cuda(self.forward())
+    }
+
+    /// `dx = y·(g − Σ g·y)`, zero where masked.
+    fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let up = compute_dtype(x.dtype());
+        let (yu, gu) = (y.to_dtype(up)?, grad.to_dtype(up)?);
+        let dot = sum_last(&(&gu * &yu)?)?;
+        let dx = (yu * gu.broadcast_sub(&dot)?)?;
+        let dx = match &self.mask {
+            Some(mask) => mask
+                .broadcast_as(dx.shape())?
+                .where_cond(&dx, &dx.zeros_like()?)?,
+            None => dx,
+        };
+        Ok(Some(dx.to_dtype(x.dtype())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+/// Rotates `x` `[B, H, T, D]` by the tables `[B, T, D/2]` (half-split layout).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.apply_op1(Rope {
+        x: x.detach(),
+        cos: cos.clone(),
+        sin: sin.clone(),
+    })
+}
+
+struct Rope {
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(candle_nn::rotary_emb::rope(
+            &self.x.contiguous()?,
+            &self.cos,
+            &self.sin,
+        ))
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        on_cuda(candle_nn::rotary_emb::rope(
+            &self.x.contiguous()?,
+            &self.cos,
+            &self.sin,
+        ))
+    }
+
+    /// A rotation's transpose is the rotation by the opposite angle: `rope(g, cos, −sin)`.
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(candle_nn::rotary_emb::rope(
+            &grad.contiguous()?,
+            &self.cos,
+            &self.sin.neg()?,
+        )?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frozen matmul
+
+/// Produces a frozen weight `[out, in]` when it is needed.
+pub type WeightFn = Arc<dyn Fn() -> Result<Tensor> + Send + Sync>;
+
+/// `x [.., in] · Wᵀ` for a frozen `W`, with a gradient for `x` only.
+///
+/// candle's matmul backward computes and keeps the gradient of both operands: through a frozen
+/// weight that is a wasted matmul and a weight-sized tensor per projection per step (for a 4B
+/// model, gigabytes). This op's backward computes `grad · W` alone. `weight` is called in the
+/// forward and again in the backward, so a quantized base (NF4) can dequantize on the fly and is
+/// never kept dequantized.
+pub fn frozen_matmul_t(x: &Tensor, weight: WeightFn) -> Result<Tensor> {
+    x.apply_op1_arc(Arc::new(Box::new(FrozenMatmul {
+        x: x.detach(),
+        weight,
+    })))
+}
+
+struct FrozenMatmul {
+    x: Tensor,
+    weight: WeightFn,
+}
+
+impl FrozenMatmul {
+    fn forward(&self) -> Result<Tensor> {
+        super::linear::matmul_t(&self.x, &(self.weight)()?)
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(self.forward())
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        on_cuda(self.forward())
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = (self.weight)()?;
+        let out = w.dim(0)?;
+        let g = grad.reshape(((), out))?.matmul(&w)?;
+        Ok(Some(g.reshape(x.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+/// Per-row `-log softmax(logits)[target]`: `[N, V]`, targets `[N]` (u32) → `[N]`.
+///
+/// With the real vocabulary (151,936) one 512-token row has 78 M logits; the composed form's
+/// forward and backward make about fifteen passes over them plus as many full-size temporaries
+/// kept by candle's backward; this op makes five and keeps none.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    if targets.dims1()? != n {
+        candle_core::bail!(
+            "cross-entropy: {n} rows of logits, {} targets",
+            targets.dims1()?
+        );
+    }
+    let max = targets.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+    if n > 0 && max as usize >= vocab {
+        candle_core::bail!("cross-entropy: target {max} is outside the vocabulary of {vocab}");
+    }
+    logits.apply_op1(CrossEntropy {
+        logits: logits.detach(),
+        targets: targets.unsqueeze(1)?.contiguous()?,
+    })
+}
+
+struct CrossEntropy {
+    logits: Tensor,
+    /// `[N, 1]` u32.
+    targets: Tensor,
+}
+
+impl CrossEntropy {
+    fn forward(&self) -> Result<Tensor> {
+        let x = self.logits.to_dtype(compute_dtype(self.logits.dtype()))?;
+        let max = x.max_keepdim(D::Minus1)?;
+        let lse = (sum_last(&x.broadcast_sub(&max)?.exp()?)?.log()? + max)?;
+        let picked = x.gather(&self.targets, 1)?;
+        (lse - picked)?.squeeze(1)?.to_dtype(self.logits.dtype())
+    }
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(self.forward())
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        on_cuda(self.forward())
+    }
+
+    /// `dx = (softmax(x) − onehot(target))·g`.
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let up = compute_dtype(x.dtype());
+        let g = grad.to_dtype(up)?.unsqueeze(1)?;
+        let probs = candle_nn::ops::softmax_last_dim(&x.detach().to_dtype(up)?.contiguous()?)?;
+        let dx = probs
+            .broadcast_mul(&g)?
+            .scatter_add(&self.targets, &g.neg()?, 1)?;
+        Ok(Some(dx.to_dtype(x.dtype())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::model::ops::tests::{check_grad, randn};
+    use crate::model::ops::{apply_mask, rms_norm_composed, softmax_composed};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Checks op `f` against `reference` (the composed form) in value and gradient, and against
+    /// finite differences, for the inputs `vars`; `probe` weights the outputs.
+    fn check(
+        vars: &[&Var],
+        f: &dyn Fn() -> Tensor,
+        reference: &dyn Fn() -> Tensor,
+        probe: &Tensor,
+    ) {
+        let (y, r) = (f(), reference());
+        assert!(
+            max_diff(&y, &r) < 1e-12,
+            "value differs by {}",
+            max_diff(&y, &r)
+        );
+        let loss = |t: Tensor| (t * probe).unwrap().sum_all().unwrap();
+        let (gy, gr) = (loss(y).backward().unwrap(), loss(r).backward().unwrap());
+        let scalar = || loss(f()).to_scalar::<f64>().unwrap();
+        for v in vars {
+            let (a, b) = (
+                gy.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_diff(a, b) < 1e-12,
+                "gradient differs by {}",
+                max_diff(a, b)
+            );
+            let coords: Vec<usize> = (0..v.elem_count()).step_by(3).collect();
+            let worst = check_grad(v, a, &coords, 1e-5, 1e-4, &scalar);
+            assert!(worst < 1e-6, "worst relative error {worst}");
+        }
+        // Nothing but the inputs' gradients is left behind (plus the probe's: candle keeps one for
+        // both operands of the test's own multiplication).
+        assert_eq!(gy.get_ids().count(), vars.len() + 1);
+    }
+
+    #[test]
+    fn rms_norm_matches_its_composed_form_and_finite_differences() {
+        let x = Var::from_tensor(&randn(&[2, 3, 8], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[8], 2)).unwrap();
+        let probe = randn(&[2, 3, 8], 3);
+        check(
+            &[&x, &w],
+            &|| rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
+            &|| rms_norm_composed(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
+            &probe,
+        );
+        // A frozen weight gets no gradient at all.
+        let frozen = randn(&[8], 2);
+        let y = rms_norm(x.as_tensor(), &frozen, 1e-6).unwrap();
+        let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get_ids().count(), 2, "x and the probe");
+    }
+
+    #[test]
+    fn masked_softmax_matches_its_composed_form_and_finite_differences() {
+        let dev = Device::Cpu;
+        let s = Var::from_tensor(&(randn(&[2, 2, 3, 4], 4) * 3.0).unwrap()).unwrap();
+        // Row 0 of batch 1 sees no key at all.
+        let mask = Tensor::new(
+            &[
+                [[[1u8, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]],
+                [[[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]]],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let probe = randn(&[2, 2, 3, 4], 5);
+        check(
+            &[&s],
+            &|| masked_softmax(s.as_tensor(), Some(&mask)).unwrap(),
+            &|| softmax_composed(&apply_mask(s.as_tensor(), &mask).unwrap()).unwrap(),
+            &probe,
+        );
+        let y = masked_softmax(s.as_tensor(), Some(&mask)).unwrap();
+        let uniform = y.get(1).unwrap().get(0).unwrap().get(0).unwrap();
+        assert_eq!(uniform.to_vec1::<f64>().unwrap(), [0.25; 4]);
+    }
+
+    #[test]
+    fn rope_matches_its_composed_form_and_finite_differences() {
+        let x = Var::from_tensor(&randn(&[2, 3, 4, 6], 6)).unwrap();
+        let positions = Tensor::new(&[[0u32, 1, 5, 9], [3, 0, 0, 1]], &Device::Cpu).unwrap();
+        let (cos, sin) = crate::model::rope::Rope::new(6, 100.0)
+            .tables(&positions, DType::F64)
+            .unwrap();
+        let probe = randn(&[2, 3, 4, 6], 7);
+        check(
+            &[&x],
+            &|| rope(x.as_tensor(), &cos, &sin).unwrap(),
+            &|| crate::model::rope::apply_composed(x.as_tensor(), &cos, &sin).unwrap(),
+            &probe,
+        );
+    }
+
+    #[test]
+    fn cross_entropy_matches_its_composed_form_and_finite_differences() {
+        let x = Var::from_tensor(&(randn(&[5, 40], 8) * 4.0).unwrap()).unwrap();
+        let targets = Tensor::new(&[0u32, 39, 17, 17, 20], &Device::Cpu).unwrap();
+        let probe = randn(&[5], 9);
+        check(
+            &[&x],
+            &|| cross_entropy(x.as_tensor(), &targets).unwrap(),
+            &|| crate::model::ops::token_nll_composed(x.as_tensor(), &targets).unwrap(),
+            &probe,
+        );
+        let bad = Tensor::new(&[0u32, 40, 0, 0, 0], &Device::Cpu).unwrap();
+        assert!(cross_entropy(x.as_tensor(), &bad).is_err());
+    }
+
+    #[test]
+    fn half_precision_inputs_are_computed_in_f32() {
+        let x = randn(&[3, 16], 10);
+        let w = randn(&[16], 11);
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let (xh, wh) = (x.to_dtype(dtype).unwrap(), w.to_dtype(dtype).unwrap());
+            let a = rms_norm(&xh, &wh, 1e-6).unwrap();
+            assert_eq!(a.dtype(), dtype);
+            let b = rms_norm_composed(&x, &w, 1e-6).unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 5e-2 };
+            assert!(max_diff(&a, &b) < tol, "{dtype:?}: {}", max_diff(&a, &b));
+        }
+    }
+}
