@@ -106,6 +106,31 @@ enum Command {
         #[command(subcommand)]
         action: BfclAction,
     },
+    /// Chat with a model: render PROMPT with its chat template, generate, print the reply.
+    Generate {
+        /// A Hugging Face model directory (config.json, safetensors, tokenizer files).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// A trained adapter directory (PEFT layout).
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// A system message.
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
+        #[arg(long, default_value_t = 512, value_name = "N")]
+        max_new_tokens: usize,
+        /// Sample at this temperature (default: greedy).
+        #[arg(long, value_name = "T")]
+        temperature: Option<f64>,
+        /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+        #[arg(long, default_value_t = 1.0, value_name = "P")]
+        top_p: f64,
+        /// The sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The user message.
+        prompt: String,
+    },
     /// Create or import models.
     Model {
         #[command(subcommand)]
@@ -145,6 +170,23 @@ enum BfclAction {
 
 #[derive(Subcommand)]
 enum ModelAction {
+    /// Write a random-initialized model (config.json, model.safetensors) with the real tokenizer.
+    Init {
+        /// qwen3, qwen2 or llama.
+        #[arg(long, default_value = "qwen3")]
+        arch: String,
+        /// tiny (trains on a CPU in minutes), 0.6b, 4b, or a config.json.
+        #[arg(long, default_value = "tiny", value_name = "PRESET|CONFIG.json")]
+        preset: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where tokenizer.json and tokenizer_config.json are (default: the `tokenizer` stage's
+        /// output, artifacts/tokenizer; scripts/fetch-tokenizer.sh DIR fetches them).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
+    },
     /// Turn a GGUF file (Llama architecture, e.g. SmolLM2) into a Hugging Face model directory:
     /// config.json, model.safetensors (dequantized), tokenizer.json, tokenizer_config.json.
     Import {
@@ -433,6 +475,108 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             } else {
                 print!("{}", scores.to_report_md());
             }
+            Ok(0)
+        }
+        Command::Generate {
+            model,
+            adapter,
+            system,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            prompt,
+        } => {
+            use forge_stages::model::generate::{ChatOptions, GenerateOptions, Sampling, chat};
+            use std::io::Write;
+            let sampling = match temperature {
+                Some(temperature) if temperature > 0.0 => Sampling::Sample {
+                    temperature,
+                    top_p,
+                    seed,
+                },
+                _ => Sampling::Greedy,
+            };
+            let options = ChatOptions {
+                system,
+                adapter,
+                generate: GenerateOptions {
+                    max_new_tokens,
+                    sampling,
+                    ..GenerateOptions::default()
+                },
+                ..ChatOptions::default()
+            };
+            let mut stdout = std::io::stdout();
+            let reply = chat(&model, &prompt, &options, &mut |text| {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            })
+            .map_err(|e| Exit {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            println!();
+            let g = &reply.generation;
+            if let Some(r) = &g.repetition {
+                eprintln!(
+                    "warning: degenerate repetition: a {}-token pattern repeated {} times at the end",
+                    r.period, r.repeats
+                );
+            }
+            if matches!(
+                g.stop,
+                forge_stages::model::generate::StopReason::MaxNewTokens
+            ) {
+                eprintln!("note: stopped at --max-new-tokens {max_new_tokens} before an end token");
+            }
+            Ok(0)
+        }
+        Command::Model {
+            action:
+                ModelAction::Init {
+                    arch,
+                    preset,
+                    out,
+                    seed,
+                    tokenizer,
+                },
+        } => {
+            use forge_stages::model::config::Arch;
+            use forge_stages::model::init::{Shape, init_model};
+            let arch = Arch::parse(&arch).ok_or_else(|| Exit {
+                code: 2,
+                message: format!("--arch {arch}: expected qwen3, qwen2 or llama"),
+            })?;
+            let shape = Shape::parse(&preset).map_err(|e| Exit {
+                code: 2,
+                message: format!("--preset {preset}: {e}"),
+            })?;
+            let tokenizer = match tokenizer {
+                Some(t) => t,
+                None => {
+                    let ws = Workspace::of(&cli.file).map_err(|e| Exit {
+                        code: 2,
+                        message: e.to_string(),
+                    })?;
+                    let t = ws.artifact("tokenizer");
+                    if !t.join("tokenizer.json").is_file() {
+                        return Err(Exit {
+                            code: 2,
+                            message: format!(
+                                "no tokenizer at {}: pass --tokenizer DIR (scripts/fetch-tokenizer.sh DIR fetches the Qwen3 one) or run `forge run tokenizer`",
+                                t.display()
+                            ),
+                        });
+                    }
+                    t
+                }
+            };
+            let report = init_model(arch, &shape, seed, &out, &tokenizer).map_err(|e| Exit {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            println!("{}", report.summary());
             Ok(0)
         }
         Command::Model {

@@ -677,6 +677,7 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
         r.executed(),
         [
             "format",
+            "model",
             "normalize",
             "split",
             "synth",

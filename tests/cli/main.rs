@@ -3,5 +3,6 @@
 
 mod bfcl;
 mod engine;
+mod model;
 mod remote;
 mod support;
