@@ -91,6 +91,11 @@ impl Store {
         Ok(p)
     }
 
+    /// A fresh path under `tmp/` for one file (not created).
+    pub fn tmp_path(&self, prefix: &str) -> PathBuf {
+        self.root.join("tmp").join(unique_name(prefix))
+    }
+
     /// Removes everything under `tmp/`: leftovers of runs that were killed. Only call it while
     /// holding the workspace lock.
     pub fn clear_tmp(&self) -> Result<(), StoreError> {

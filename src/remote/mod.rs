@@ -171,7 +171,7 @@ impl Remote {
             .filter(|e| !store.verify(e, stat))
             .collect();
         let moved = self.parallel(&missing, progress, |e| {
-            let tmp = store.tmp_dir("pull")?.join("object");
+            let tmp = store.tmp_path("pull");
             let fetched = self.retry(|| self.backend.get_file(&object_path(&e.hash), &tmp));
             let result = match fetched {
                 Ok(true) => {
@@ -192,7 +192,7 @@ impl Remote {
                 }),
                 Err(err) => Err(err),
             };
-            let _ = crate::fsutil::remove_all(tmp.parent().expect("tmp file has a parent"));
+            let _ = std::fs::remove_file(&tmp);
             result
         })?;
         store.put_run(&run)?;
