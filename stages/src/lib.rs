@@ -24,6 +24,7 @@ pub fn registry() -> &'static [&'static dyn Stage] {
         &data::split::Split,
         &data::format::Format,
         &model::init::ModelInit,
+        &eval::stage::Eval,
     ]
 }
 

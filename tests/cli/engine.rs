@@ -664,18 +664,31 @@ fn command_progress_and_output_reach_the_user() {
 fn default_pipeline() -> Ws {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ws = Ws::new(&std::fs::read_to_string(root.join("forge.yaml")).unwrap());
-    let script = std::fs::read_to_string(root.join("scripts/fetch-tokenizer.sh")).unwrap();
-    ws.write("scripts/fetch-tokenizer.sh", &script);
+    for script in ["scripts/fetch-tokenizer.sh", "scripts/fetch-bfcl.sh"] {
+        ws.write(script, &std::fs::read_to_string(root.join(script)).unwrap());
+    }
     ws
 }
+
+/// `--set`s that keep the default pipeline's eval to a few tokens per row.
+const QUICK_EVAL: [&str; 6] = [
+    "--set",
+    "eval.limit=1",
+    "--set",
+    "eval.test_limit=2",
+    "--set",
+    "eval.max_new_tokens=4",
+];
 
 #[test]
 fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
     let ws = default_pipeline();
-    let r = ws.ok(&["run", "--set", "synth.rows=300"]);
+    let r = ws.ok(&[&["run", "--set", "synth.rows=300"][..], &QUICK_EVAL].concat());
     assert_eq!(
         r.executed(),
         [
+            "bfcl-data",
+            "eval",
             "format",
             "model",
             "normalize",
@@ -724,12 +737,24 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
         );
     }
     assert!(ws.path("artifacts/format/train.tokens").exists());
+    // eval: one entry per BFCL category and two test rows, each a line of generations.jsonl.
+    let eval = metrics("eval");
+    assert_eq!(eval["bfcl"]["entries"], 13, "{eval}");
+    assert_eq!(eval["ladder"]["rows"], 2, "{eval}");
+    assert_eq!(lines("artifacts/eval/generations.jsonl"), 13 + 2);
+    assert!(eval["generation"]["hit_cap"].is_number(), "{eval}");
+    assert!(ws.read("artifacts/eval/report.md").contains("## BFCL V4"));
 
     // A data param edit reruns from that stage on; the tokenizer is not fetched again.
-    let r = ws.ok(&["run", "--set", "synth.rows=300", "--set", "split.seed=8"]);
+    let r = ws.ok(&[
+        &["run", "--set", "synth.rows=300", "--set", "split.seed=8"][..],
+        &QUICK_EVAL,
+    ]
+    .concat());
     assert_eq!(r.states()["tokenizer"], "fresh");
+    assert_eq!(r.states()["bfcl-data"], "fresh");
     assert_eq!(r.states()["verify"], "fresh");
-    assert_eq!(r.executed(), ["format", "split"], "{}", r.stdout);
+    assert_eq!(r.executed(), ["eval", "format", "split"], "{}", r.stdout);
 }
 
 #[test]

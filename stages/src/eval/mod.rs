@@ -26,6 +26,7 @@ pub mod convert;
 pub mod metrics;
 pub mod parse;
 pub mod report;
+pub mod stage;
 pub mod value;
 
 pub use bfcl::{

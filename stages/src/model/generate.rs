@@ -340,6 +340,30 @@ fn stage_error(e: StageError) -> ModelError {
     }
 }
 
+/// `options` with the model's stop tokens added — the tokenizer config's `eos_token` and the
+/// model config's EOS ids — and its pad token, as `forge generate` and the eval stage use them.
+pub fn with_model_stops(
+    options: &GenerateOptions,
+    template: &crate::data::template::ChatTemplate,
+    tokenizer: &tokenizers::Tokenizer,
+    model: &Decoder,
+) -> GenerateOptions {
+    let mut out = options.clone();
+    if let Some(eos) = template.special_token("eos_token")
+        && let Some(id) = tokenizer.token_to_id(eos)
+    {
+        out.stop_tokens.push(id);
+    }
+    out.stop_tokens
+        .extend(model.config().eos_token_ids.iter().copied());
+    out.stop_tokens.sort_unstable();
+    out.stop_tokens.dedup();
+    if let Some(pad) = model.config().pad_token_id {
+        out.pad_token = pad;
+    }
+    out
+}
+
 /// Answers `prompt` (a user message, after an optional system message) with the model in
 /// `model_dir`, rendered with its chat template; `on_text` receives the reply as it is decoded.
 pub fn chat(
@@ -379,20 +403,7 @@ pub fn chat(
         .get_ids()
         .to_vec();
 
-    let mut gen_options = options.generate.clone();
-    if let Some(eos) = template.special_token("eos_token")
-        && let Some(id) = tokenizer.token_to_id(eos)
-    {
-        gen_options.stop_tokens.push(id);
-    }
-    gen_options
-        .stop_tokens
-        .extend(model.config().eos_token_ids.iter().copied());
-    gen_options.stop_tokens.sort_unstable();
-    gen_options.stop_tokens.dedup();
-    if let Some(pad) = model.config().pad_token_id {
-        gen_options.pad_token = pad;
-    }
+    let gen_options = with_model_stops(&options.generate, &template, &tokenizer, &model);
 
     let mut stream = tokenizer.decode_stream(true);
     let mut stream_error = None;
