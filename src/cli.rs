@@ -49,7 +49,8 @@ enum Command {
     /// Build the stale stages among STAGE... (all stages when none are named) and their ancestors.
     ///
     /// Each stage ends as one of: ran, fresh (nothing changed), restored (this exact key ran before;
-    /// its output came back from the run cache), failed, skipped (upstream failed).
+    /// its output came back from the run cache), pulled (from the remote cache), failed, skipped
+    /// (upstream failed). A named stage that writes report.md (eval) has it printed at the end.
     Run {
         /// Stages to build (with everything they depend on).
         stages: Vec<String>,
@@ -331,6 +332,16 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                 pull_only: false,
             };
             let summary = engine.run(&opts, &ui)?;
+            if !dry_run {
+                // A stage named on the command line that wrote a report gets it shown.
+                for stage in &opts.targets {
+                    if let Ok(report) =
+                        std::fs::read_to_string(ws.artifact(stage).join("report.md"))
+                    {
+                        println!("\n{}", report.trim_end());
+                    }
+                }
+            }
             Ok(if summary.failed > 0 { 1 } else { 0 })
         }
         Command::Status { json } => {

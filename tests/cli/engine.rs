@@ -755,6 +755,26 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
     assert_eq!(r.states()["bfcl-data"], "fresh");
     assert_eq!(r.states()["verify"], "fresh");
     assert_eq!(r.executed(), ["eval", "format", "split"], "{}", r.stdout);
+
+    // The README's main command: naming eval prints its report after the result lines.
+    let r = ws.ok(&[
+        &[
+            "run",
+            "eval",
+            "--set",
+            "synth.rows=300",
+            "--set",
+            "split.seed=8",
+        ][..],
+        &QUICK_EVAL,
+    ]
+    .concat());
+    assert!(r.executed().is_empty(), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("## BFCL V4") && r.stdout.contains("## Metric ladder"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
