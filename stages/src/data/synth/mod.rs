@@ -828,7 +828,7 @@ mod tests {
                     s[5..7].parse::<usize>().unwrap(),
                     s[8..].parse::<u32>().unwrap(),
                 );
-                let month = render_months()[m - 1];
+                let month = render::MONTHS[m - 1];
                 query.contains(s.as_str())
                     || query.contains(&format!("{month} {d}, {y}"))
                     || query.contains(&format!("{d} {month} {y}"))
@@ -849,23 +849,6 @@ mod tests {
             Value::Object(fields) => fields.values().all(|x| stated(query, x)),
             Value::Null => false,
         }
-    }
-
-    fn render_months() -> [&'static str; 12] {
-        [
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ]
     }
 
     /// Checks a row the way a strict consumer would; returns its kind.

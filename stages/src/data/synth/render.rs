@@ -325,7 +325,7 @@ fn tool_json(func: &Func) -> String {
 
 // ---- drawing values ----------------------------------------------------------------------------
 
-const MONTHS: [&str; 12] = [
+pub(super) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
