@@ -112,6 +112,10 @@ fn execute_in(
 ) -> Result<RunEntry, Failure> {
     let out = tmp.join("out");
     fs::create_dir_all(&out).map_err(|e| Failure::msg(format!("{}: {e}", out.display())))?;
+    let state = env
+        .store
+        .state_dir(key)
+        .map_err(|e| Failure::msg(e.to_string()))?;
     let started = Instant::now();
     let summary = match &def.action {
         Action::Cmd(template) => {
@@ -132,7 +136,7 @@ fn execute_in(
                     })
                 })
                 .expect("rendering cannot fail");
-            run_command(env, def, &cmd, &out, &params_file, gpus, progress)?;
+            run_command(env, def, &cmd, &out, &state, &params_file, gpus, progress)?;
             String::new()
         }
         Action::Builtin(stage) => {
@@ -165,6 +169,7 @@ fn execute_in(
                 stage: &def.name,
                 inputs: &inputs,
                 out: &out,
+                state: &state,
                 device: gpus.first().map_or(Device::Cpu, |&g| Device::Cuda(g)),
                 progress,
                 cancel: &cancel,
@@ -205,6 +210,9 @@ fn execute_in(
     env.store
         .put_run(&run)
         .map_err(|e| Failure::msg(e.to_string()))?;
+    env.store
+        .drop_state(key)
+        .map_err(|e| Failure::msg(e.to_string()))?;
     Ok(run)
 }
 
@@ -213,6 +221,7 @@ fn run_command(
     def: &StageDef,
     cmd: &str,
     out: &Path,
+    state: &Path,
     params_file: &Path,
     gpus: &[usize],
     progress: &StageProgress,
@@ -228,6 +237,7 @@ fn run_command(
         .env("FORGE_OUT", out)
         .env("FORGE_PARAMS", params_file)
         .env("FORGE_STAGE", &def.name)
+        .env("FORGE_STATE", state)
         .env("FORGE_ROOT", &env.ws.root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -84,6 +84,20 @@ impl Store {
         self.root.join("logs").join(format!("{stage}.log"))
     }
 
+    /// The directory a stage keeps its resumable state in (training checkpoints) while it runs
+    /// with `key`: it survives a killed run, so the next run of the same key picks it up, and is
+    /// removed once that key's run has been archived ([`Store::drop_state`]).
+    pub fn state_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let p = self.root.join("state").join(key);
+        fs::create_dir_all(&p).map_err(io(&p))?;
+        Ok(p)
+    }
+
+    pub fn drop_state(&self, key: &str) -> Result<(), StoreError> {
+        let p = self.root.join("state").join(key);
+        remove_all(&p).map_err(io(&p))
+    }
+
     /// A fresh, empty directory under `tmp/`.
     pub fn tmp_dir(&self, prefix: &str) -> Result<PathBuf, StoreError> {
         let p = self.root.join("tmp").join(unique_name(prefix));

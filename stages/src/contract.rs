@@ -123,6 +123,9 @@ pub struct Context<'a> {
     pub inputs: &'a BTreeMap<String, PathBuf>,
     /// An empty directory; the stage writes only here (and `metrics.json` here when it has figures).
     pub out: &'a Path,
+    /// Resumable state (checkpoints): a directory that outlives a killed run and is handed to the
+    /// next run of the same stage key; the engine removes it once the stage has succeeded.
+    pub state: &'a Path,
     pub device: Device,
     pub progress: &'a dyn Progress,
     pub cancel: &'a AtomicBool,
@@ -147,6 +150,12 @@ impl Context<'_> {
             Ok(())
         }
     }
+}
+
+/// `Context::state` for unit tests of stages that keep no resumable state.
+#[cfg(test)]
+pub(crate) fn unused_state() -> &'static Path {
+    Path::new("/nonexistent/forge-test-state")
 }
 
 /// What a finished stage says about itself, for the `ran` line.

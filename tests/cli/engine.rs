@@ -832,3 +832,25 @@ fn builtin_params_and_inputs_are_checked_before_anything_runs() {
         r.stderr
     );
 }
+
+#[test]
+fn state_dir_survives_a_failed_run_and_goes_once_the_stage_succeeds() {
+    // Fails until its state holds two marks: a resumable stage picking up where it stopped.
+    let ws = Ws::new(
+        r#"
+stages:
+  resumable:
+    cmd: echo x >> "$FORGE_STATE/marks" && test $(wc -l < "$FORGE_STATE/marks") -ge 2 && cp "$FORGE_STATE/marks" ${out}/marks
+"#,
+    );
+    let first = ws.forge(&["run"]);
+    assert_eq!(first.code, 1, "{}", first.stdout);
+    let states: Vec<_> = std::fs::read_dir(ws.path("cache/state")).unwrap().collect();
+    assert_eq!(states.len(), 1, "one state dir for the stage key");
+    ws.ok(&["run"]);
+    assert_eq!(ws.read("artifacts/resumable/marks"), "x\nx\n");
+    assert_eq!(
+        std::fs::read_dir(ws.path("cache/state")).unwrap().count(),
+        0
+    );
+}

@@ -423,6 +423,7 @@ mod tests {
             stage: "split",
             inputs: &inputs,
             out: &out,
+            state: crate::contract::unused_state(),
             device: Device::Cpu,
             progress: &NoProgress,
             cancel: &cancel,

@@ -517,6 +517,7 @@ mod tests {
             stage: "verify",
             inputs: &inputs,
             out: &out,
+            state: crate::contract::unused_state(),
             device: Device::Cpu,
             progress: &NoProgress,
             cancel: &cancel,

@@ -443,6 +443,7 @@ mod tests {
             stage: "eval",
             inputs,
             out,
+            state: crate::contract::unused_state(),
             device: crate::Device::Cpu,
             progress: &NoProgress,
             cancel: &cancel,

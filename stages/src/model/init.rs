@@ -363,6 +363,7 @@ mod tests {
             stage: "model",
             inputs: &inputs,
             out: out.path(),
+            state: crate::contract::unused_state(),
             device: crate::Device::Cpu,
             progress: &NoProgress,
             cancel: &cancel,

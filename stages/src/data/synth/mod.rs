@@ -679,6 +679,7 @@ mod tests {
             stage: "synth",
             inputs: &inputs,
             out,
+            state: crate::contract::unused_state(),
             device: Device::Cpu,
             progress: &NoProgress,
             cancel: &cancel,
