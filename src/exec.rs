@@ -136,7 +136,7 @@ fn execute_in(
                     })
                 })
                 .expect("rendering cannot fail");
-            run_command(env, def, &cmd, &out, &state, &params_file, gpus, progress)?;
+            run_command(env, def, &cmd, tmp, &state, gpus, progress)?;
             String::new()
         }
         Action::Builtin(stage) => {
@@ -220,9 +220,8 @@ fn run_command(
     env: &Env<'_>,
     def: &StageDef,
     cmd: &str,
-    out: &Path,
+    tmp: &Path,
     state: &Path,
-    params_file: &Path,
     gpus: &[usize],
     progress: &StageProgress,
 ) -> Result<(), Failure> {
@@ -234,8 +233,8 @@ fn run_command(
     c.arg("-c")
         .arg(cmd)
         .current_dir(&env.ws.root)
-        .env("FORGE_OUT", out)
-        .env("FORGE_PARAMS", params_file)
+        .env("FORGE_OUT", tmp.join("out"))
+        .env("FORGE_PARAMS", tmp.join("params.json"))
         .env("FORGE_STAGE", &def.name)
         .env("FORGE_STATE", state)
         .env("FORGE_ROOT", &env.ws.root)
