@@ -6,6 +6,7 @@
 //!   training (optionally with per-layer activation checkpointing).
 //! - [`attention`]: grouped-query attention, masks for padded batches, the KV cache.
 //! - [`linear`]: the [`Linear`] every projection goes through — the hook LoRA and NF4 plug into.
+//! - [`lora`]: LoRA pairs on any of the seven projections (PEFT's init; dropout that replays).
 //! - [`embedding`]: the token embedding and tied/untied head, with trainable token rows.
 //! - [`fused`]: RMSNorm, masked softmax, RoPE and cross-entropy as candle custom ops with a
 //!   hand-written backward (candle's fused kernels have none); [`ops`]: their composed references.
@@ -25,6 +26,7 @@ pub mod import;
 pub mod init;
 pub mod linear;
 pub mod load;
+pub mod lora;
 pub mod ops;
 pub mod rope;
 
