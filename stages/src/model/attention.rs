@@ -16,12 +16,12 @@ use super::ops::{masked_softmax, rms_norm};
 use super::rope;
 
 /// Per-forward inputs shared by every layer: RoPE tables `[B, T, D/2]` and the mask
-/// `[B, 1, T, P + T]` (u8, 1 = may attend).
+/// `[B, 1, T, P + T]` (u8, 1 = may attend; `None` when every query sees every key).
 #[derive(Debug, Clone)]
 pub struct AttentionContext {
     pub cos: Tensor,
     pub sin: Tensor,
-    pub mask: Tensor,
+    pub mask: Option<Tensor>,
 }
 
 /// The mask of the module docs: `past_valid [B, P]` and `valid [B, T]` (u8; `None` = all real).
@@ -60,8 +60,63 @@ pub fn attention_mask(
     mask.unsqueeze(1)
 }
 
-/// The keys and values a layer has seen: `[B, kv_heads, P, head_dim]` each.
-pub type LayerCache = Option<(Tensor, Tensor)>;
+/// The keys and values a layer has seen, in buffers `[B, kv_heads, capacity, head_dim]` of which
+/// the first `len` slots are filled. Appending writes the new slots in place and doubles the
+/// capacity when full, so a decoding step copies one slot, not the whole past.
+#[derive(Debug, Clone)]
+pub struct KvBuffers {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// A layer's cache; `None` before the first forward.
+pub type LayerCache = Option<KvBuffers>;
+
+impl KvBuffers {
+    /// Appends `k`, `v` `[B, kv_heads, T, head_dim]` to `slot` and returns every cached key and
+    /// value (views of the buffers, `[B, kv_heads, len, head_dim]`).
+    fn append(slot: &mut LayerCache, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let buffers = match slot.take() {
+            Some(b) if b.len + t <= b.k.dim(2)? => b,
+            Some(b) => {
+                let capacity = (b.len + t).max(2 * b.k.dim(2)?);
+                b.grown(capacity)?
+            }
+            None => {
+                let (bsz, heads, _, d) = k.dims4()?;
+                let cap = t.next_power_of_two().max(64);
+                KvBuffers {
+                    k: Tensor::zeros((bsz, heads, cap, d), k.dtype(), k.device())?,
+                    v: Tensor::zeros((bsz, heads, cap, d), v.dtype(), v.device())?,
+                    len: 0,
+                }
+            }
+        };
+        buffers.k.slice_set(&k.contiguous()?, 2, buffers.len)?;
+        buffers.v.slice_set(&v.contiguous()?, 2, buffers.len)?;
+        let len = buffers.len + t;
+        let views = (buffers.k.narrow(2, 0, len)?, buffers.v.narrow(2, 0, len)?);
+        *slot = Some(KvBuffers { len, ..buffers });
+        Ok(views)
+    }
+
+    /// The same contents in buffers of `capacity` slots.
+    fn grown(self, capacity: usize) -> Result<KvBuffers> {
+        let grow = |b: &Tensor| -> Result<Tensor> {
+            let (bsz, heads, _, d) = b.dims4()?;
+            let new = Tensor::zeros((bsz, heads, capacity, d), b.dtype(), b.device())?;
+            new.slice_set(&b.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            Ok(new)
+        };
+        Ok(KvBuffers {
+            k: grow(&self.k)?,
+            v: grow(&self.v)?,
+            len: self.len,
+        })
+    }
+}
 
 /// Every layer's keys and values plus which past slots are real tokens, for incremental decoding.
 #[derive(Debug, Clone)]
@@ -122,7 +177,7 @@ impl KvCache {
             .layers
             .iter()
             .flatten()
-            .map(|(k, _)| k.device().clone())
+            .map(|b| b.k.device().clone())
             .next()
         else {
             return Ok(());
@@ -132,9 +187,9 @@ impl KvCache {
             rows.len(),
             &device,
         )?;
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
+        for b in self.layers.iter_mut().flatten() {
+            b.k = b.k.index_select(&idx, 0)?;
+            b.v = b.v.index_select(&idx, 0)?;
         }
         if let Some(valid) = &mut self.valid {
             *valid = valid.index_select(&idx, 0)?;
@@ -187,14 +242,7 @@ impl Attention {
         let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
         let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => KvBuffers::append(slot, &k, &v)?,
             None => (k, v),
         };
         let s = k.dim(2)?;
@@ -205,7 +253,7 @@ impl Attention {
             .matmul(&k.t()?)?
             .affine(scale, 0.0)?
             .reshape((b, h, t, s))?;
-        let probs = masked_softmax(&scores, Some(&ctx.mask), fused)?;
+        let probs = masked_softmax(&scores, ctx.mask.as_ref(), fused)?;
         let out = probs
             .reshape((b, kvh, groups * t, s))?
             .matmul(&v)?
@@ -243,7 +291,7 @@ mod tests {
             .unwrap()
             .reshape((2, 1, 2, 2))
             .unwrap();
-        cache.layers[0] = Some((k.clone(), k));
+        KvBuffers::append(&mut cache.layers[0], &k, &k).unwrap();
         let valid = Tensor::new(&[[0u8, 1], [1, 1]], &dev).unwrap();
         cache.advance(2, 2, Some(&valid), &dev).unwrap();
         cache.advance(2, 1, None, &dev).unwrap();
@@ -253,14 +301,53 @@ mod tests {
             [[0, 1, 1], [1, 1, 1]]
         );
         cache.select_rows(&[1]).unwrap();
-        let (k, _) = cache.layers[0].as_ref().unwrap();
+        let b = cache.layers[0].as_ref().unwrap();
         assert_eq!(
-            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.k.narrow(2, 0, b.len)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
             [4., 5., 6., 7.]
         );
         assert_eq!(
             cache.valid.as_ref().unwrap().to_vec2::<u8>().unwrap(),
             [[1, 1, 1]]
         );
+    }
+
+    #[test]
+    fn buffers_grow_past_their_capacity_and_keep_every_slot() {
+        let dev = Device::Cpu;
+        let mut slot: LayerCache = None;
+        let mut want: Option<Tensor> = None;
+        let mut total = 0;
+        for (i, t) in [50usize, 10, 1, 30, 1, 100].into_iter().enumerate() {
+            let k = Tensor::arange(0f32, (2 * 3 * t * 4) as f32, &dev)
+                .unwrap()
+                .affine(1.0, i as f64 * 1000.0)
+                .unwrap()
+                .reshape((2, 3, t, 4))
+                .unwrap();
+            let (got_k, got_v) = KvBuffers::append(&mut slot, &k, &(&k * 2.0).unwrap()).unwrap();
+            want = Some(match want {
+                None => k,
+                Some(w) => Tensor::cat(&[&w, &k], 2).unwrap(),
+            });
+            total += t;
+            let w = want.as_ref().unwrap();
+            assert_eq!(got_k.dims(), [2, 3, total, 4]);
+            let diff = (got_k - w).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+            let diff = (got_v - (w * 2.0).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        assert!(slot.unwrap().k.dim(2).unwrap() >= 192);
     }
 }

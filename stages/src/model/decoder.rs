@@ -461,14 +461,20 @@ impl Decoder {
     fn context(&self, batch: &Batch, cache: Option<&KvCache>) -> CandleResult<AttentionContext> {
         let (b, t) = batch.ids.dims2()?;
         let (cos, sin) = self.rope.tables(&batch.positions, self.dtype)?;
-        let mask = attention_mask(
-            b,
-            cache.map_or(0, KvCache::len),
-            t,
-            cache.and_then(|c| c.valid.as_ref()),
-            batch.valid.as_ref(),
-            &self.device,
-        )?;
+        let past_valid = cache.and_then(|c| c.valid.as_ref());
+        // One new token per row and no padding anywhere (decoding): it sees every key.
+        let mask = if t == 1 && past_valid.is_none() && batch.valid.is_none() {
+            None
+        } else {
+            Some(attention_mask(
+                b,
+                cache.map_or(0, KvCache::len),
+                t,
+                past_valid,
+                batch.valid.as_ref(),
+                &self.device,
+            )?)
+        };
         Ok(AttentionContext { cos, sin, mask })
     }
 

@@ -12,7 +12,8 @@
 //!
 //! How they compute: the forward runs candle's own (fused, multi-threaded, CUDA-capable) kernels
 //! on the op's inputs, which the op holds as detached handles — candle hands a custom op raw
-//! storage, so the result is copied once into the storage the op returns. The backward is
+//! storage, so the result is copied once into the storage the op returns. Where nothing tracks
+//! a gradient (generation), the kernels run directly, without the op and its copy. The backward is
 //! candle ops on tensors that track nothing, so it builds no graph. Everything runs on any device
 //! candle supports; half-precision inputs are computed in f32 as transformers does.
 
@@ -67,14 +68,15 @@ fn sum_last(x: &Tensor) -> Result<Tensor> {
 /// `x / sqrt(mean(x²) + eps) · w` over the last dim, differentiable in `x` and (if it is
 /// trained) `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    x.apply_op2(
-        w,
-        RmsNorm {
-            x: x.detach(),
-            w: w.detach(),
-            eps,
-        },
-    )
+    let op = RmsNorm {
+        x: x.detach(),
+        w: w.detach(),
+        eps,
+    };
+    if !x.track_op() && !w.track_op() {
+        return op.forward();
+    }
+    x.apply_op2(w, op)
 }
 
 struct RmsNorm {
@@ -156,10 +158,14 @@ impl CustomOp2 for RmsNorm {
 /// masked score counts as the dtype's lowest value (a row with no visible key becomes uniform,
 /// not NaN). The gradient reaches unmasked scores only.
 pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    scores.apply_op1(MaskedSoftmax {
+    let op = MaskedSoftmax {
         scores: scores.detach(),
         mask: mask.cloned(),
-    })
+    };
+    if !scores.track_op() {
+        return op.forward();
+    }
+    scores.apply_op1(op)
 }
 
 struct MaskedSoftmax {
@@ -170,6 +176,10 @@ struct MaskedSoftmax {
 impl MaskedSoftmax {
     fn forward(&self) -> Result<Tensor> {
         let dtype = self.scores.dtype();
+        if self.mask.is_none() && self.scores.device().is_cuda() {
+            // The CUDA kernel accumulates half-precision rows in f32 already.
+            return candle_nn::ops::softmax_last_dim(&self.scores.contiguous()?);
+        }
         let up = self.scores.to_dtype(compute_dtype(dtype))?;
         let up = match &self.mask {
             Some(mask) => super::ops::apply_mask(&up, mask)?,
@@ -211,6 +221,9 @@ impl CustomOp1 for MaskedSoftmax {
 
 /// Rotates `x` `[B, H, T, D]` by the tables `[B, T, D/2]` (half-split layout).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+    }
     x.apply_op1(Rope {
         x: x.detach(),
         cos: cos.clone(),
