@@ -777,3 +777,156 @@ pub fn load(dir: &Path, decoder: &mut Decoder) -> Result<Adapter, ModelError> {
     };
     Ok(Adapter { lora, rows })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::Batch;
+    use crate::model::decoder::tests::fixture;
+
+    /// `stages/fixtures/adapter`: adapters forge and PEFT wrote, and PEFT's logits with each.
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/adapter")
+    }
+
+    /// `n` values uniform in ±`amp`, the same on every machine.
+    pub(crate) fn pseudo(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+            })
+            .collect()
+    }
+
+    /// Installs LoRA on `targets` with random nonzero `B` and token rows `ids` with random nonzero
+    /// deltas (both ends for an untied head): an adapter as if trained.
+    pub(crate) fn trained(decoder: &mut Decoder, targets: &[Proj], ids: &[u32]) -> Adapter {
+        let config = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            targets: targets.to_vec(),
+        };
+        let lora = LoraSet::install(decoder, &config, 11).unwrap();
+        for (i, pair) in lora.layers.values().enumerate() {
+            let b = pair.b().as_tensor();
+            let values = pseudo(b.elem_count(), 100 + i as u64, 0.3);
+            pair.b()
+                .set(&Tensor::from_vec(values, b.dims(), b.device()).unwrap())
+                .unwrap();
+        }
+        let rows = decoder.train_token_rows(ids, DType::F32).unwrap();
+        for (seed, r) in [(1, Some(&rows.embedding)), (2, rows.lm_head.as_ref())] {
+            if let Some(r) = r {
+                let d = r.delta().as_tensor();
+                let values = pseudo(d.elem_count(), seed, 0.5);
+                r.delta()
+                    .set(&Tensor::from_vec(values, d.dims(), d.device()).unwrap())
+                    .unwrap();
+            }
+        }
+        Adapter {
+            lora,
+            rows: Some(rows),
+        }
+    }
+
+    fn base(arch: &str) -> Decoder {
+        Decoder::load(&fixture(arch), DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// The forge-written fixtures: (directory name, arch, targets, token ids).
+    fn forge_cases() -> [(&'static str, &'static str, Vec<Proj>, Vec<u32>); 2] {
+        [
+            ("forge-qwen3", "qwen3", Proj::ALL.to_vec(), vec![3, 77, 127]),
+            (
+                "forge-qwen2",
+                "qwen2",
+                vec![Proj::Q, Proj::V, Proj::O, Proj::Down],
+                vec![5, 77, 100],
+            ),
+        ]
+    }
+
+    fn logits(model: &Decoder, ids: &Tensor) -> Tensor {
+        let rows = ids.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+        model
+            .forward(&Batch::dense(&rows, 0, &Device::Cpu).unwrap(), None)
+            .unwrap()
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn save_then_load_round_trips_exactly() {
+        for (_, arch, targets, ids) in forge_cases() {
+            let mut trained_model = base(arch);
+            let adapter = trained(&mut trained_model, &targets, &ids);
+            let dir = tempfile::tempdir().unwrap();
+            save(&adapter, &trained_model, dir.path(), "base").unwrap();
+
+            let mut loaded_model = base(arch);
+            let loaded = load(dir.path(), &mut loaded_model).unwrap();
+            assert_eq!(loaded.lora.config, adapter.lora.config, "{arch}");
+            assert_eq!(loaded.lora.layers.len(), adapter.lora.layers.len());
+            for (id, pair) in &adapter.lora.layers {
+                let other = &loaded.lora.layers[id];
+                assert_eq!(values(other.a()), values(pair.a()), "{arch} {id:?}");
+                assert_eq!(values(other.b()), values(pair.b()), "{arch} {id:?}");
+                assert_eq!(other.scale(), pair.scale());
+            }
+            let (want, got) = (adapter.rows.unwrap(), loaded.rows.unwrap());
+            assert_eq!(got.embedding.ids(), ids.as_slice());
+            assert_eq!(got.lm_head.is_some(), want.lm_head.is_some(), "{arch}");
+            // PEFT stores the trained rows themselves: those round-trip bit for bit; the delta
+            // comes back as their difference to the frozen rows.
+            let pairs = [
+                (Some(&want.embedding), Some(&got.embedding), trained_model.embedding().weight()),
+                (
+                    want.lm_head.as_ref(),
+                    got.lm_head.as_ref(),
+                    trained_model
+                        .lm_head()
+                        .weight()
+                        .unwrap_or(trained_model.embedding().weight()),
+                ),
+            ];
+            for (w, g, weight) in pairs {
+                let (Some(w), Some(g)) = (w, g) else { continue };
+                assert_eq!(
+                    values(&w.merged_rows(weight).unwrap()),
+                    values(&g.merged_rows(weight).unwrap()),
+                    "{arch}"
+                );
+                assert!(max_abs(w.delta(), g.delta()) < 1e-6, "{arch}");
+            }
+            let ids = Tensor::new(&[[3u32, 77, 5, 127, 100, 1, 77]], &Device::Cpu).unwrap();
+            let (before, after) = (logits(&trained_model, &ids), logits(&loaded_model, &ids));
+            assert!(max_abs(&before, &after) < 1e-5, "{arch}");
+            assert!(max_abs(&before, &logits(&base(arch), &ids)) > 0.1, "{arch}");
+        }
+    }
+}
