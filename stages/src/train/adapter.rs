@@ -782,7 +782,7 @@ pub fn load(dir: &Path, decoder: &mut Decoder) -> Result<Adapter, ModelError> {
 pub(crate) mod tests {
     use std::path::PathBuf;
 
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     use super::*;
     use crate::model::Batch;
@@ -904,7 +904,11 @@ pub(crate) mod tests {
             // PEFT stores the trained rows themselves: those round-trip bit for bit; the delta
             // comes back as their difference to the frozen rows.
             let pairs = [
-                (Some(&want.embedding), Some(&got.embedding), trained_model.embedding().weight()),
+                (
+                    Some(&want.embedding),
+                    Some(&got.embedding),
+                    trained_model.embedding().weight(),
+                ),
                 (
                     want.lm_head.as_ref(),
                     got.lm_head.as_ref(),
@@ -928,5 +932,268 @@ pub(crate) mod tests {
             assert!(max_abs(&before, &after) < 1e-5, "{arch}");
             assert!(max_abs(&before, &logits(&base(arch), &ids)) > 0.1, "{arch}");
         }
+    }
+
+    /// The forge-written fixtures are what `save` writes today: PEFT's golden logits for them
+    /// (gen_golden.py) prove forge's current format. `FORGE_WRITE_ADAPTER_FIXTURES=1` rewrites them;
+    /// rerun gen_golden.py after that.
+    #[test]
+    fn forge_fixtures_are_what_save_writes() {
+        let rewrite = std::env::var_os("FORGE_WRITE_ADAPTER_FIXTURES").is_some();
+        for (name, arch, targets, ids) in forge_cases() {
+            let mut model = base(arch);
+            let adapter = trained(&mut model, &targets, &ids);
+            let committed = fixtures().join(name);
+            let base_model = format!("stages/fixtures/model/{arch}");
+            if rewrite {
+                save(&adapter, &model, &committed, &base_model).unwrap();
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            save(&adapter, &model, dir.path(), &base_model).unwrap();
+            for file in [CONFIG_FILE, WEIGHTS_FILE] {
+                assert!(
+                    std::fs::read(dir.path().join(file)).unwrap()
+                        == std::fs::read(committed.join(file)).unwrap(),
+                    "{name}/{file} differs from what save writes now: rerun with \
+                     FORGE_WRITE_ADAPTER_FIXTURES=1, then gen_golden.py"
+                );
+            }
+        }
+    }
+
+    /// forge loading each fixture adapter computes the logits Python PEFT computed with it:
+    /// forge's own files (so PEFT reads them as forge means them) and PEFT's (rsLoRA,
+    /// `layers_to_transform`, a regex target, per-module token rows).
+    #[test]
+    fn logits_match_python_peft_on_forge_and_peft_adapters() {
+        let golden =
+            load::load_file(&fixtures().join("golden.safetensors"), None, &Device::Cpu).unwrap();
+        let ids = &golden["ids"];
+        for (name, arch) in [
+            ("forge-qwen3", "qwen3"),
+            ("forge-qwen2", "qwen2"),
+            ("peft-qwen3", "qwen3"),
+            ("peft-qwen2", "qwen2"),
+        ] {
+            let mut model = base(arch);
+            let base_logits = logits(&model, ids);
+            assert!(max_abs(&base_logits, &golden[&format!("base-{arch}")]) < 1e-4);
+            let adapter = load(&fixtures().join(name), &mut model).unwrap();
+            let got = logits(&model, ids);
+            let err = max_abs(&got, &golden[name]);
+            let moved = max_abs(&base_logits, &golden[name]);
+            eprintln!("{name}: max |forge - PEFT| = {err:e}, max |PEFT - base| = {moved}");
+            assert!(err < 1e-4, "{name}: forge differs from PEFT by {err}");
+            assert!(moved > 0.1, "{name}: the adapter barely moves the logits");
+            assert!(adapter.rows.is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn peft_options_are_honored_where_they_change_the_meaning() {
+        let mut model = base("qwen3");
+        let adapter = load(&fixtures().join("peft-qwen3"), &mut model).unwrap();
+        // rsLoRA: alpha / sqrt(r) = 6 / 2; layers_to_transform = [1]: layer 0 stays plain.
+        let scales: BTreeSet<u64> = adapter
+            .lora
+            .layers
+            .values()
+            .map(|l| l.scale().to_bits())
+            .collect();
+        assert_eq!(scales, BTreeSet::from([3f64.to_bits()]));
+        assert_eq!(adapter.lora.config.scale(), 3.0);
+        assert!(adapter.lora.layers.keys().all(|id| id.layer == 1));
+        assert_eq!(adapter.lora.layers.len(), 4);
+        assert!(model.layers()[0].linear(Proj::Q).adapter().is_none());
+
+        // Untied head with different rows per end: one id list, zero deltas where PEFT trains none.
+        let mut model = base("qwen2");
+        let adapter = load(&fixtures().join("peft-qwen2"), &mut model).unwrap();
+        let rows = adapter.rows.unwrap();
+        assert_eq!(rows.embedding.ids(), &[5, 77, 100]);
+        let zero_row = |t: &Var, slot: usize| {
+            values(&t.as_tensor().narrow(0, slot, 1).unwrap())
+                .iter()
+                .all(|&v| v == 0.0)
+        };
+        let head = rows.lm_head.unwrap();
+        assert!(zero_row(rows.embedding.delta(), 2) && !zero_row(rows.embedding.delta(), 0));
+        assert!(zero_row(head.delta(), 0) && !zero_row(head.delta(), 2));
+    }
+
+    /// A copy of fixture `name` in a temporary directory, with its config and tensors edited.
+    fn edited(
+        name: &str,
+        config: impl FnOnce(&mut serde_json::Map<String, Value>),
+        weights: impl FnOnce(&mut BTreeMap<String, Tensor>),
+    ) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixtures().join(name);
+        let mut cfg: serde_json::Map<String, Value> =
+            serde_json::from_str(&std::fs::read_to_string(src.join(CONFIG_FILE)).unwrap()).unwrap();
+        config(&mut cfg);
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        let mut tensors: BTreeMap<String, Tensor> =
+            load::load_file(&src.join(WEIGHTS_FILE), None, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .collect();
+        weights(&mut tensors);
+        load::save_file(
+            &dir.path().join(WEIGHTS_FILE),
+            tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), load::lazy(t, t.dtype())))
+                .collect(),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// Loads `dir` onto a fresh `arch` base, expecting an error; the base must stay untouched.
+    fn load_error(dir: &Path, arch: &str) -> String {
+        let mut model = base(arch);
+        let err = load(dir, &mut model).unwrap_err().to_string();
+        assert!(
+            model.linears().all(|(_, l)| l.adapter().is_none())
+                && model.embedding().rows().is_none(),
+            "a failed load installed something: {err}"
+        );
+        err
+    }
+
+    #[test]
+    fn broken_or_mismatched_adapters_are_clear_errors() {
+        let q0 = "base_model.model.model.layers.0.self_attn.q_proj";
+        let keep = |_: &mut serde_json::Map<String, Value>| {};
+        let same = |_: &mut BTreeMap<String, Tensor>| {};
+        let set = |k: &'static str, v: Value| {
+            move |c: &mut serde_json::Map<String, Value>| {
+                c.insert(k.into(), v);
+            }
+        };
+        let cases: Vec<(&str, tempfile::TempDir, &str, Vec<String>)> = vec![
+            (
+                "wrong shape",
+                edited("forge-qwen3", keep, |t| {
+                    t.insert(
+                        format!("{q0}.lora_A.weight"),
+                        Tensor::zeros((3, 32), DType::F32, &Device::Cpu).unwrap(),
+                    );
+                }),
+                "qwen3",
+                vec![
+                    WEIGHTS_FILE.into(),
+                    format!("{q0}.lora_A.weight"),
+                    "shape [3, 32], expected [4, 32]".into(),
+                ],
+            ),
+            (
+                "missing key",
+                edited("forge-qwen3", keep, |t| {
+                    t.remove(&format!("{q0}.lora_B.weight"));
+                }),
+                "qwen3",
+                vec![format!("{q0}.lora_B.weight"), "missing".into()],
+            ),
+            (
+                "missing token rows",
+                edited("forge-qwen3", keep, |t| {
+                    t.remove(&tokens_key(EMBED_MODULE));
+                }),
+                "qwen3",
+                vec![tokens_key(EMBED_MODULE), "missing".into()],
+            ),
+            (
+                "unknown target",
+                edited(
+                    "forge-qwen3",
+                    set("target_modules", json!(["q_proj", "embed_tokens"])),
+                    same,
+                ),
+                "qwen3",
+                vec![
+                    CONFIG_FILE.into(),
+                    "`embed_tokens` names no projection".into(),
+                ],
+            ),
+            (
+                "tensor of an untargeted module",
+                edited(
+                    "forge-qwen3",
+                    set("target_modules", json!(["k_proj"])),
+                    same,
+                ),
+                "qwen3",
+                vec![
+                    "layers.0.mlp.down_proj.lora_A.weight".into(),
+                    "which adapter_config.json does not target".into(),
+                ],
+            ),
+            (
+                "unknown tensor",
+                edited("forge-qwen3", keep, |t| {
+                    t.insert(
+                        "base_model.model.lm_head.lora_A.weight".into(),
+                        Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap(),
+                    );
+                }),
+                "qwen3",
+                vec![
+                    "base_model.model.lm_head.lora_A.weight".into(),
+                    "is neither".into(),
+                ],
+            ),
+            (
+                "DoRA",
+                edited("forge-qwen3", set("use_dora", json!(true)), same),
+                "qwen3",
+                vec![CONFIG_FILE.into(), "DoRA is not supported".into()],
+            ),
+            (
+                "not LoRA",
+                edited("forge-qwen3", set("peft_type", json!("IA3")), same),
+                "qwen3",
+                vec!["`peft_type` is `IA3`".into()],
+            ),
+            (
+                "token outside the vocabulary",
+                edited(
+                    "forge-qwen3",
+                    set("trainable_token_indices", json!([3, 77, 128])),
+                    same,
+                ),
+                "qwen3",
+                vec!["token id 128 is outside the vocabulary of 128".into()],
+            ),
+            (
+                "another model's adapter",
+                edited("forge-qwen2", keep, same),
+                "qwen3",
+                vec![WEIGHTS_FILE.into(), "has shape".into()],
+            ),
+        ];
+        for (what, dir, arch, needles) in cases {
+            let err = load_error(dir.path(), arch);
+            for needle in needles {
+                assert!(err.contains(&needle), "{what}: `{needle}` not in: {err}");
+            }
+        }
+
+        let missing = tempfile::tempdir().unwrap();
+        let err = load_error(&missing.path().join("nope"), "qwen3");
+        assert!(err.contains("nope/adapter_config.json"), "{err}");
+
+        let mut model = base("qwen3");
+        load(&fixtures().join("forge-qwen3"), &mut model).unwrap();
+        let err = load(&fixtures().join("peft-qwen3"), &mut model)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already carries an adapter"), "{err}");
     }
 }
