@@ -10,6 +10,7 @@ mod contract;
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod train;
 
 pub use contract::{
     Context, Device, Input, NoProgress, ParamError, Progress, Report, Stage, StageError, TypedStage,
