@@ -22,11 +22,20 @@ fn main() {
     let cap = cap.trim().trim_start_matches("sm_").replace('.', "");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("nf4.ptx");
     let status = Command::new(&nvcc)
-        .args(["-ptx", "-O3", &format!("-arch=sm_{cap}"), "kernels/nf4.cu", "-o"])
+        .args([
+            "-ptx",
+            "-O3",
+            &format!("-arch=sm_{cap}"),
+            "kernels/nf4.cu",
+            "-o",
+        ])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
     if !status.success() {
-        panic!("{} failed to compile kernels/nf4.cu ({status})", nvcc.display());
+        panic!(
+            "{} failed to compile kernels/nf4.cu ({status})",
+            nvcc.display()
+        );
     }
 }
