@@ -937,6 +937,60 @@ mod tests {
         }
     }
 
+    /// The device check (`cargo test --features cuda -p forge-stages nf4_cuda -- --nocapture` on
+    /// a GPU machine): the CUDA kernel gives the CPU path's bits, and its speed on the largest
+    /// projection of Qwen3-4B.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn nf4_cuda_dequantization_matches_the_cpu() {
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        let g = golden();
+        for case in CASES {
+            let input = get(&g, case, "input");
+            let cpu = Nf4Weight::quantize(input).unwrap();
+            let on_gpu = Nf4Weight::from_state(&cpu.state().unwrap(), &gpu).unwrap();
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let (a, b) = (
+                    cpu.dequantize(dtype).unwrap(),
+                    on_gpu.dequantize(dtype).unwrap(),
+                );
+                same(&bits(&b), &bits(&a), &format!("{case} → {dtype:?} on CUDA"));
+            }
+            let x = Tensor::ones((3, input.dim(1).unwrap()), input.dtype(), &gpu).unwrap();
+            let y = on_gpu.forward(&x).unwrap().to_device(&Device::Cpu).unwrap();
+            let want = cpu.forward(&x.to_device(&Device::Cpu).unwrap()).unwrap();
+            assert!(max_abs(&y, &want) <= 1e-2 * max_abs(&want, &want.zeros_like().unwrap()));
+        }
+
+        let (rows, cols) = (9728, 2560);
+        let w = Tensor::randn(0f32, 0.02, (rows, cols), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let cpu = Nf4Weight::quantize(&w).unwrap();
+        let on_gpu = Nf4Weight::from_state(&cpu.state().unwrap(), &gpu).unwrap();
+        let want = cpu.dense().unwrap();
+        same(
+            &bits(&on_gpu.dense().unwrap()),
+            &bits(&want),
+            "9728×2560 bf16 on CUDA",
+        );
+        let reps = 100;
+        gpu.synchronize().unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            on_gpu.dequantize(DType::BF16).unwrap();
+        }
+        gpu.synchronize().unwrap();
+        let each = start.elapsed().as_secs_f64() / reps as f64;
+        let bytes = (rows * cols / 2 + rows * cols * 2) as f64;
+        println!(
+            "NF4 → bf16 dequantization of {rows}×{cols}: {:.1} µs, {:.0} GB/s",
+            each * 1e6,
+            bytes / each / 1e9
+        );
+    }
+
     #[test]
     fn nf4_degenerate_blocks_follow_the_cuda_kernels() {
         // Block 1 is all zeros: code 0 (CUDA's NaN path), dequantized to −absmax, and its absmax
