@@ -39,10 +39,14 @@
 //! - the reciprocal `1/absmax` is exact here; bitsandbytes' CUDA library is built with
 //!   `--use_fast_math`, whose approximate reciprocal can move a value lying within an ulp of a
 //!   threshold to the neighbouring code. Subnormal products are not flushed to zero.
+//! - bitsandbytes' CPU library dequantizes rows that are not a whole number of blocks wrongly (its
+//!   AVX-512 path indexes the absmax per row); the flat definition above is what its CUDA kernel
+//!   and its PyTorch path compute.
 //!
 //! [`Nf4Weight`] is a [`LinearWeight`]: it keeps the packed state on the weight's device and
-//! dequantizes into the input's dtype inside each forward and each backward call of
-//! [`frozen_matmul_t`], so the dense matrix never outlives one call. The dequantization is a
+//! dequantizes inside each forward and each backward call of [`frozen_matmul_t`] (to the
+//! original dtype, then cast to the input's, as bitsandbytes' `matmul_4bit`), so the dense
+//! matrix never outlives one call. The dequantization is a
 //! candle custom op with a CPU path (rayon) and a CUDA path (`kernels/nf4.cu`, compiled to PTX by
 //! `build.rs` under the `cuda` feature).
 
