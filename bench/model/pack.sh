@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds forge and the model benchmarks with CUDA (the toolchain of ../shared/cuda, see DESIGN.md)
+# and packs them, with the PyTorch baselines, into target/device/ for the GPU machine, where
+# bench/model/device.sh runs them. Usage: bash bench/model/pack.sh [CUDA_PREFIX] [BASELINES_DIR]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cuda=${1:-/opt/cuda13}
+baselines=${2:-$root/../shared/bench}
+target=${CARGO_TARGET_DIR:-$root/target/cuda}
+# shellcheck disable=SC1091
+source "$cuda/env.sh"
+cd "$root"
+cargo build --release --features cuda --target-dir "$target" -p forge-stages --example decode_bench --tests
+cargo build --release --features cuda --target-dir "$target" --bin forge
+tests=$(ls -t "$target"/release/deps/forge_stages-* | grep -v '\.d$' | head -1)
+dev=$root/target/device
+rm -rf "$dev" && mkdir -p "$dev/bin"
+cp "$target/release/forge" "$target/release/examples/decode_bench" "$dev/bin/"
+cp "$tests" "$dev/bin/stages_tests"
+strip "$dev"/bin/*
+tar -C "$dev/bin" -cJf "$dev/bundle.tar.xz" .
+rm -rf "$dev/bin"
+cp "$baselines"/torch_*_baseline.py "$dev/"
+ls -la "$dev"
