@@ -1038,4 +1038,128 @@ pub(crate) mod tests {
         );
         assert!(last < 0.5 * first, "loss {first} -> {last}");
     }
+
+    /// On the GPU machine (`--features cuda`): the same logits, greedy tokens and LoRA/token-row
+    /// gradients as on the CPU; bf16 logits within bf16's precision.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_agrees_with_cpu() {
+        use crate::model::generate::{GenerateOptions, generate};
+        use crate::model::linear::Proj;
+        use crate::model::lora::{LoraConfig, LoraSet};
+
+        let cpu = Device::Cpu;
+        let gpu = Device::new_cuda(0).expect("a CUDA device: this test runs on the GPU machine");
+        let rows = vec![vec![5u32, 9, 11, 2, 7, 40, 3], vec![3, 1], vec![100, 4, 6]];
+        let masked = |logits: &Tensor, batch: &Batch| {
+            let mask = batch.valid.as_ref().unwrap().to_dtype(DType::F32).unwrap();
+            let logits = logits
+                .to_device(&cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            logits
+                .broadcast_mul(&mask.to_device(&cpu).unwrap().unsqueeze(D::Minus1).unwrap())
+                .unwrap()
+        };
+        let options = GenerateOptions {
+            max_new_tokens: 24,
+            ..GenerateOptions::default()
+        };
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: Proj::ALL.to_vec(),
+        };
+        let (train, targets, weights) = training_batch();
+        for arch in ARCHS {
+            let reference = Decoder::load(&fixture(arch), DType::F32, &cpu).unwrap();
+            let batch = Batch::padded(&rows, 0, true, &cpu).unwrap();
+            let want = masked(&reference.forward(&batch, None).unwrap(), &batch);
+            let scale = max_abs(&want, &want.zeros_like().unwrap());
+            let want_tokens = generate(&reference, &rows, &options, &mut |_, _| {}).unwrap();
+            for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::BF16, 3e-2 * scale)] {
+                let model = Decoder::load(&fixture(arch), dtype, &gpu).unwrap();
+                let batch = Batch::padded(&rows, 0, true, &gpu).unwrap();
+                let got = masked(&model.forward(&batch, None).unwrap(), &batch);
+                let err = max_abs(&got, &want);
+                println!(
+                    "{arch} {dtype:?} on CUDA: max abs logit error {err:.2e} (logits up to {scale:.2})"
+                );
+                assert!(err < tolerance, "{arch} {dtype:?}: {err}");
+                let tokens = generate(&model, &rows, &options, &mut |_, _| {}).unwrap();
+                let same = tokens
+                    .iter()
+                    .zip(&want_tokens)
+                    .map(|(a, b)| {
+                        a.tokens
+                            .iter()
+                            .zip(&b.tokens)
+                            .take_while(|(x, y)| x == y)
+                            .count()
+                    })
+                    .sum::<usize>();
+                println!(
+                    "{arch} {dtype:?}: {same} of {} greedy tokens as on the CPU",
+                    3 * 24
+                );
+                if dtype == DType::F32 {
+                    assert_eq!(tokens, want_tokens, "{arch}: greedy tokens");
+                }
+            }
+
+            // Gradients of LoRA pairs (B set non-zero) and token rows, checkpointed on the GPU.
+            let grads = |device: &Device, checkpoint: bool| {
+                let mut model = Decoder::load(&fixture(arch), DType::F32, device).unwrap();
+                let set = LoraSet::install(&mut model, &lora, 3).unwrap();
+                for (i, l) in set.layers.values().enumerate() {
+                    let n = l.b().as_tensor().elem_count();
+                    let b = Tensor::arange(0f32, n as f32, &cpu)
+                        .unwrap()
+                        .affine(0.01, i as f64 * 0.001)
+                        .unwrap()
+                        .reshape(l.b().as_tensor().shape())
+                        .unwrap();
+                    l.b().set(&b.to_device(device).unwrap()).unwrap();
+                }
+                let rows = model.train_token_rows(&[9, 127], DType::F32).unwrap();
+                let mut params: Vec<&Tensor> = set.vars().into_iter().map(Var::as_tensor).collect();
+                params.push(rows.embedding.delta().as_tensor());
+                let batch = Batch {
+                    ids: train.ids.to_device(device).unwrap(),
+                    positions: train.positions.to_device(device).unwrap(),
+                    valid: train.valid.as_ref().map(|v| v.to_device(device).unwrap()),
+                };
+                let (t, w) = (
+                    targets.to_device(device).unwrap(),
+                    weights
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        .to_device(device)
+                        .unwrap(),
+                );
+                let (_, g) = model
+                    .loss_and_grads(&batch, checkpoint, &params, |m, h| {
+                        next_token_loss(m, h, &t, &w)
+                    })
+                    .unwrap();
+                params
+                    .iter()
+                    .map(|p| g.get(p).unwrap().to_device(&cpu).unwrap())
+                    .collect::<Vec<_>>()
+            };
+            let want = grads(&cpu, false);
+            let got = grads(&gpu, true);
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(w, g)| max_abs(w, g) / max_abs(w, &w.zeros_like().unwrap()).max(1e-12))
+                .fold(0.0, f64::max);
+            println!(
+                "{arch}: LoRA and token-row gradients on CUDA, worst relative error {worst:.2e}"
+            );
+            assert!(worst < 1e-3, "{arch}: {worst}");
+        }
+    }
 }
