@@ -112,7 +112,8 @@ enum Command {
         /// A Hugging Face model directory (config.json, safetensors, tokenizer files).
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
-        /// A trained adapter directory (PEFT layout).
+        /// A trained adapter directory in PEFT's layout (adapter_config.json and
+        /// adapter_model.safetensors, as sft writes or PEFT saves), applied un-merged on MODEL.
         #[arg(long, value_name = "DIR")]
         adapter: Option<PathBuf>,
         /// A system message.

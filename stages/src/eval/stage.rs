@@ -26,6 +26,7 @@ use crate::data::split::Part;
 use crate::model::candle_device;
 use crate::model::decoder::Decoder;
 use crate::model::generate::{GenerateOptions, Generation, StopReason, generate, with_model_stops};
+use crate::train::adapter;
 use crate::{Context, Input, Report, StageError, TypedStage};
 
 /// The `eval` built-in stage.
@@ -204,6 +205,21 @@ fn pct(n: usize, d: usize) -> f64 {
     }
 }
 
+/// What an applied adapter is: `r 16, alpha 32, 252 LoRA pairs, 3 token rows` and the same
+/// figures for metrics.json.
+fn adapter_summary(a: &adapter::Adapter) -> (String, Value) {
+    let c = &a.lora.config;
+    let rows = a.rows.as_ref().map_or(0, |r| r.embedding.ids().len());
+    let pairs = a.lora.layers.len();
+    (
+        format!(
+            "r {}, alpha {}, {pairs} LoRA pairs, {rows} token rows",
+            c.r, c.alpha
+        ),
+        json!({"r": c.r, "alpha": c.alpha, "lora_pairs": pairs, "token_rows": rows}),
+    )
+}
+
 fn ladder_table(m: Option<&LadderMetrics>) -> String {
     let Some(m) = m else {
         return "## Metric ladder (held-out test split)\n\nnot run (no `data` input)\n".into();
@@ -253,12 +269,6 @@ impl TypedStage for Eval {
     const ABOUT: &'static str = "free-generates on BFCL V4 single-turn and the held-out test split; BFCL scores and the metric ladder";
 
     fn run(&self, params: &EvalParams, ctx: &Context<'_>) -> Result<Report, StageError> {
-        if let Some(adapter) = ctx.inputs.get("adapter") {
-            return Err(StageError::Failed(format!(
-                "input `adapter` ({}): adapters are not supported yet (they come with the sft stage)",
-                adapter.display()
-            )));
-        }
         if params.batch_size == 0 || params.max_new_tokens == 0 {
             return Err(StageError::Failed(
                 "params `batch_size` and `max_new_tokens` must be at least 1".into(),
@@ -275,7 +285,13 @@ impl TypedStage for Eval {
 
         let template = load_template(model_dir)?;
         let tokenizer = load_tokenizer(model_dir)?;
-        let model = Decoder::load(model_dir, params.dtype.into(), &candle_device(ctx.device)?)?;
+        let mut model = Decoder::load(model_dir, params.dtype.into(), &candle_device(ctx.device)?)?;
+        // Un-merged, on the base it was trained against (DESIGN.md: merging into the original
+        // weights is what degenerates).
+        let adapter = match ctx.inputs.get("adapter") {
+            Some(dir) => Some(adapter_summary(&adapter::load(dir, &mut model)?)),
+            None => None,
+        };
         let base = GenerateOptions {
             max_new_tokens: params.max_new_tokens,
             ..GenerateOptions::default()
@@ -385,10 +401,17 @@ impl TypedStage for Eval {
             "hit_cap": pct(capped + ladder_capped, bfcl_rows + test_rows),
             "max_new_tokens": params.max_new_tokens,
         });
+        if let Some(a) = &adapter {
+            metrics["adapter"] = a.1.clone();
+        }
         io::write_metrics(ctx.out, &metrics)?;
 
         let report = format!(
-            "{}\n{}\nhit_cap: {:.2}% of {} generated rows (cap {} new tokens).\n",
+            "{}{}\n{}\nhit_cap: {:.2}% of {} generated rows (cap {} new tokens).\n",
+            adapter.as_ref().map_or_else(String::new, |a| format!(
+                "Adapter (un-merged): {}.\n\n",
+                a.0
+            )),
             scores.to_report_md(),
             ladder_table(ladder_metrics.as_ref()),
             pct(capped + ladder_capped, bfcl_rows + test_rows),
@@ -416,6 +439,9 @@ impl TypedStage for Eval {
             "; hit_cap {:.2}%",
             pct(capped + ladder_capped, bfcl_rows + test_rows)
         ));
+        if let Some(a) = &adapter {
+            summary.push_str(&format!("; adapter {}", a.0));
+        }
         Ok(Report { summary })
     }
 }
@@ -430,6 +456,7 @@ mod tests {
     use crate::contract::NoProgress;
     use crate::data::schema::{Message, ToolCall, ToolSpec};
     use crate::data::template::golden::tokenizer_dir;
+    use crate::model::Proj;
     use crate::model::config::{Arch, Preset};
     use crate::model::init::{Shape, init_model};
 
@@ -509,13 +536,9 @@ mod tests {
             ("data".to_string(), data),
         ]
         .into();
-        let report = run_eval(
-            &inputs,
-            json!({"categories": ["simple_python", "irrelevance", "live_irrelevance"], "limit": 1,
-                   "test_limit": 2, "max_new_tokens": 4, "batch_size": 2}),
-            &out,
-        )
-        .unwrap();
+        let params = json!({"categories": ["simple_python", "irrelevance", "live_irrelevance"],
+                            "limit": 1, "test_limit": 2, "max_new_tokens": 4, "batch_size": 2});
+        let report = run_eval(&inputs, params.clone(), &out).unwrap();
         assert!(report.summary.contains("hit_cap"), "{}", report.summary);
 
         let lines: Vec<Value> = std::fs::read_to_string(out.join("generations.jsonl"))
@@ -563,14 +586,62 @@ mod tests {
         assert!(report_md.contains("## BFCL V4"), "{report_md}");
         assert!(report_md.contains("| strict |"), "{report_md}");
 
+        // An adapter input is applied (un-merged): the same rows generate otherwise, and the
+        // outputs say which adapter ran.
+        let adapter_dir = tmp.path().join("adapter");
+        let mut decoder = Decoder::load(&model, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let trained = crate::train::adapter::tests::trained(
+            &mut decoder,
+            &[Proj::Q, Proj::Down],
+            &[151657, 151658],
+        );
+        // Strong enough to move a random model off its favourite token.
+        for pair in trained.lora.layers.values() {
+            pair.b()
+                .set(&(pair.b().as_tensor() * 20.0).unwrap())
+                .unwrap();
+        }
+        adapter::save(&trained, &decoder, &adapter_dir, "tiny").unwrap();
         let mut with_adapter = inputs.clone();
-        with_adapter.insert("adapter".into(), tmp.path().join("adapter"));
+        with_adapter.insert("adapter".into(), adapter_dir.clone());
         let out2 = tmp.path().join("out2");
         std::fs::create_dir_all(&out2).unwrap();
-        let err = run_eval(&with_adapter, json!({"limit": 1}), &out2)
+        let report = run_eval(&with_adapter, params.clone(), &out2).unwrap();
+        assert!(
+            report
+                .summary
+                .contains("adapter r 4, alpha 8, 8 LoRA pairs, 2 token rows"),
+            "{}",
+            report.summary
+        );
+        let raws = |dir: &Path| -> Vec<String> {
+            std::fs::read_to_string(dir.join("generations.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()["raw"].to_string())
+                .collect()
+        };
+        let (plain, adapted) = (raws(&out), raws(&out2));
+        assert_eq!(plain.len(), adapted.len());
+        assert_ne!(plain, adapted, "the adapter changes the generations");
+        let metrics: Value =
+            serde_json::from_str(&std::fs::read_to_string(out2.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(metrics["adapter"]["lora_pairs"], 8, "{metrics}");
+        assert!(
+            std::fs::read_to_string(out2.join("report.md"))
+                .unwrap()
+                .starts_with("Adapter (un-merged): r 4")
+        );
+
+        // A broken adapter fails the stage, naming the file.
+        std::fs::remove_file(adapter_dir.join(adapter::WEIGHTS_FILE)).unwrap();
+        let out3 = tmp.path().join("out3");
+        std::fs::create_dir_all(&out3).unwrap();
+        let err = run_eval(&with_adapter, params, &out3)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("adapters are not supported yet"), "{err}");
+        assert!(err.contains("adapter/adapter_model.safetensors"), "{err}");
     }
 
     #[test]

@@ -303,7 +303,8 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 {
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
     pub system: Option<String>,
-    /// A trained adapter directory; not supported until the SFT stage exists.
+    /// A trained adapter directory (PEFT's layout, [`crate::train::adapter`]), applied un-merged:
+    /// its LoRA pairs run beside the base weights, never folded into them.
     pub adapter: Option<PathBuf>,
     /// Stop tokens are filled in from the tokenizer's `eos_token` and the config's EOS ids.
     pub generate: GenerateOptions,
@@ -372,15 +373,12 @@ pub fn chat(
     options: &ChatOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<ChatReply, ModelError> {
-    if let Some(adapter) = &options.adapter {
-        return Err(ModelError::Invalid(format!(
-            "--adapter {}: adapters cannot be applied yet (they come with the sft stage)",
-            adapter.display()
-        )));
-    }
     let template = load_template(model_dir).map_err(stage_error)?;
     let tokenizer = load_tokenizer(model_dir).map_err(stage_error)?;
-    let model = Decoder::load(model_dir, options.dtype, &options.device)?;
+    let mut model = Decoder::load(model_dir, options.dtype, &options.device)?;
+    if let Some(adapter) = &options.adapter {
+        crate::train::adapter::load(adapter, &mut model)?;
+    }
     let mut messages = Vec::new();
     if let Some(system) = &options.system {
         messages.push(Message {
@@ -670,13 +668,31 @@ mod tests {
         );
         assert!(!reply.generation.tokens.is_empty() && reply.generation.tokens.len() <= 8);
         assert_eq!(streamed, reply.text);
+
+        // An adapter is applied: the same prompt, greedy, gives another reply.
+        let adapter_dir = dir.path().join("adapter");
+        let mut model = Decoder::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let adapter = crate::train::adapter::tests::trained(
+            &mut model,
+            &[crate::model::Proj::Q, crate::model::Proj::Down],
+            &[151657, 151658],
+        );
+        crate::train::adapter::save(&adapter, &model, &adapter_dir, "tiny").unwrap();
         let with_adapter = ChatOptions {
-            adapter: Some("adapters/x".into()),
+            adapter: Some(adapter_dir),
+            ..options.clone()
+        };
+        let adapted = chat(dir.path(), "Hello", &with_adapter, &mut |_| {}).unwrap();
+        assert_eq!(adapted.prompt, reply.prompt);
+        assert_ne!(adapted.generation.tokens, reply.generation.tokens);
+
+        let missing = ChatOptions {
+            adapter: Some(dir.path().join("no-adapter")),
             ..options
         };
-        let err = chat(dir.path(), "Hello", &with_adapter, &mut |_| {})
+        let err = chat(dir.path(), "Hello", &missing, &mut |_| {})
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--adapter adapters/x"), "{err}");
+        assert!(err.contains("no-adapter/adapter_config.json"), "{err}");
     }
 }

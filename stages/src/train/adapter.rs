@@ -111,7 +111,7 @@ pub fn save(
         ));
     }
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let mut targets = BTreeSet::new();
+    let mut targets: BTreeMap<Proj, BTreeSet<usize>> = BTreeMap::new();
     for (id, lora) in &adapter.lora.layers {
         let (out_dim, in_dim) = decoder
             .layers()
@@ -146,7 +146,7 @@ pub fn save(
         }
         tensors.push((lora_key(id, "A"), lora.a().as_tensor().clone()));
         tensors.push((lora_key(id, "B"), lora.b().as_tensor().clone()));
-        targets.insert(id.proj);
+        targets.entry(id.proj).or_default().insert(id.layer);
     }
 
     let mut token_indices = Value::Null;
@@ -184,6 +184,21 @@ pub fn save(
         }
     }
 
+    let target_modules: Vec<&str> = targets.keys().map(|&p| module_leaf(p)).collect();
+    // PEFT adapts every targeted projection of the chosen layers: pairs on some layers only must
+    // be on the same layers for every projection, named by `layers_to_transform`.
+    let layer_sets: BTreeSet<&BTreeSet<usize>> = targets.values().collect();
+    let layers_to_transform = match layer_sets.into_iter().collect::<Vec<_>>()[..] {
+        [layers] if layers.len() == decoder.layers().len() => Value::Null,
+        [layers] => json!(layers),
+        _ => {
+            return Err(invalid(
+                "the projections carry LoRA pairs on different layers, which a LoraConfig cannot \
+                 describe"
+                    .into(),
+            ));
+        }
+    };
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     load::save_file(
         &dir.join(WEIGHTS_FILE),
@@ -192,7 +207,6 @@ pub fn save(
             .map(|(n, t)| (n.clone(), load::lazy(t, DType::F32)))
             .collect(),
     )?;
-    let target_modules: Vec<&str> = targets.iter().map(|&p| module_leaf(p)).collect();
     // PEFT writes its config with sorted keys; a BTreeMap gives the same order.
     let config_json: BTreeMap<&str, Value> = BTreeMap::from([
         ("alora_invocation_tokens", Value::Null),
@@ -211,7 +225,7 @@ pub fn save(
         ("kasa_config", Value::Null),
         ("layer_replication", Value::Null),
         ("layers_pattern", Value::Null),
-        ("layers_to_transform", Value::Null),
+        ("layers_to_transform", layers_to_transform),
         ("loftq_config", json!({})),
         ("lora_alpha", alpha_json(config.alpha)),
         ("lora_bias", json!(false)),
@@ -1195,5 +1209,30 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("already carries an adapter"), "{err}");
+    }
+
+    #[test]
+    fn pairs_on_some_layers_save_as_layers_to_transform() {
+        let mut model = base("qwen3");
+        let mut adapter = trained(&mut model, &[Proj::Q, Proj::Up], &[3]);
+        adapter.lora.layers.retain(|id, _| id.layer == 1);
+        let dir = tempfile::tempdir().unwrap();
+        save(&adapter, &model, dir.path(), "base").unwrap();
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(config["layers_to_transform"], json!([1]));
+        assert_eq!(config["target_modules"], json!(["q_proj", "up_proj"]));
+        let loaded = load(dir.path(), &mut base("qwen3")).unwrap();
+        let ids: Vec<LinearId> = loaded.lora.layers.keys().copied().collect();
+        assert_eq!(ids, adapter.lora.layers.keys().copied().collect::<Vec<_>>());
+
+        let mut adapter = trained(&mut base("qwen3"), &[Proj::Q, Proj::Up], &[3]);
+        adapter
+            .lora
+            .layers
+            .retain(|id, _| id.proj == Proj::Q || id.layer == 1);
+        let err = save(&adapter, &model, dir.path(), "base").unwrap_err();
+        assert!(err.to_string().contains("different layers"), "{err}");
     }
 }
