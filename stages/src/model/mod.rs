@@ -7,6 +7,8 @@
 //! - [`attention`]: grouped-query attention, masks for padded batches, the KV cache.
 //! - [`linear`]: the [`Linear`] every projection goes through — the hook LoRA and NF4 plug into.
 //! - [`lora`]: LoRA pairs on any of the seven projections (PEFT's init; dropout that replays).
+//! - [`nf4`]: QLoRA's 4-bit NormalFloat base weights, bit-compatible with bitsandbytes, dequantized
+//!   on the fly (CPU, or a CUDA kernel).
 //! - [`embedding`]: the token embedding and tied/untied head, with trainable token rows.
 //! - [`fused`]: RMSNorm, masked softmax, RoPE and cross-entropy as candle custom ops with a
 //!   hand-written backward (candle's fused kernels have none); [`ops`]: their composed references.
@@ -27,6 +29,7 @@ pub mod init;
 pub mod linear;
 pub mod load;
 pub mod lora;
+pub mod nf4;
 pub mod ops;
 pub mod rope;
 
