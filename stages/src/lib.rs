@@ -25,6 +25,7 @@ pub fn registry() -> &'static [&'static dyn Stage] {
         &data::split::Split,
         &data::format::Format,
         &model::init::ModelInit,
+        &train::sft::Sft,
         &eval::stage::Eval,
     ]
 }

@@ -494,6 +494,18 @@ impl Decoder {
         self.final_norm(&x)
     }
 
+    /// [`Decoder::hidden`] for evaluation while trainable tensors take part: candle keeps an op's
+    /// inputs alive for a backward that will never come, so each layer's output is detached and
+    /// at most one layer's activations exist at a time.
+    pub fn hidden_no_grad(&self, batch: &Batch) -> CandleResult<Tensor> {
+        let ctx = self.context(batch, None)?;
+        let mut x = self.embedding.forward(&batch.ids)?.detach();
+        for layer in &self.layers {
+            x = layer.forward(&x, &ctx, None, self.fused)?.detach();
+        }
+        self.final_norm(&x)
+    }
+
     fn final_norm(&self, x: &Tensor) -> CandleResult<Tensor> {
         rms_norm(x, &self.norm, self.config.rms_norm_eps, self.fused)
     }

@@ -140,8 +140,12 @@ impl Linear {
     }
 }
 
-/// The seven projection kinds of a decoder layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The seven projection kinds of a decoder layer; in params (sft's `lora_targets`) by their
+/// [`Proj::short`] names.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Proj {
     Q,
     K,
@@ -327,5 +331,8 @@ mod tests {
         assert_eq!(id.hf_name(), "model.layers.3.mlp.gate_proj");
         assert_eq!(Proj::parse("down"), Some(Proj::Down));
         assert_eq!(Proj::parse("lm_head"), None);
+        for proj in Proj::ALL {
+            assert_eq!(serde_json::to_value(proj).unwrap(), proj.short());
+        }
     }
 }

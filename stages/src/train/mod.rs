@@ -7,3 +7,10 @@
 //! that PEFT, vLLM and forge's own `generate`/`eval` apply them on the same base.
 
 pub mod adapter;
+pub mod batch;
+pub mod checkpoint;
+pub mod memory;
+pub mod optim;
+pub mod schedule;
+pub mod sft;
+pub mod trainer;

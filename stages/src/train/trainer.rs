@@ -1,0 +1,348 @@
+//! One fine-tuning setup shared by the sft stage and the benchmark: a decoder with LoRA pairs on
+//! the chosen projections and trainable token rows, AdamW over exactly those tensors, and the
+//! optimizer step with gradient accumulation and clipping.
+//!
+//! The loss of a step is the mean next-token NLL over every learned token of all its
+//! micro-batches: each micro-batch contributes its summed NLL divided by the step's total count
+//! of learned tokens (known from the masks before any forward), so the accumulated gradient is the
+//! gradient of that mean — `k` micro-batches of one row give the update of one batch of `k` rows,
+//! whatever their lengths.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::adapter::Adapter;
+use super::batch::{MicroBatch, Rows};
+use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::model::decoder::Decoder;
+use crate::model::lora::{LoraConfig, LoraSet};
+
+/// What is trained and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub lora: LoraConfig,
+    /// Token ids whose embedding (and head) rows are trained.
+    pub token_rows: Vec<u32>,
+    pub adamw: AdamWConfig,
+    /// `0` turns clipping off.
+    pub max_grad_norm: f64,
+    pub grad_checkpointing: bool,
+    /// Seeds LoRA's `A` init and dropout masks.
+    pub seed: u64,
+}
+
+/// The outcome of one optimizer step, still on the device.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// The step's loss (mean NLL over its learned tokens), f32 scalar.
+    pub loss: Tensor,
+    /// The global gradient norm before clipping, f32 scalar.
+    pub grad_norm: Tensor,
+}
+
+/// A decoder being fine-tuned.
+#[derive(Debug)]
+pub struct Trainer {
+    pub decoder: Decoder,
+    /// What is trained, installed in `decoder`.
+    pub adapter: Adapter,
+    /// The trained tensors' names, in the optimizer's order (`….lora_A`, `….lora_B`,
+    /// `model.embed_tokens.delta`, `lm_head.delta`).
+    pub names: Vec<String>,
+    pub optimizer: AdamW,
+    grad_checkpointing: bool,
+    max_grad_norm: f64,
+}
+
+impl Trainer {
+    /// Installs fresh adapters into `decoder` (whose base weights stay frozen, dense or
+    /// quantized) and an optimizer over them. Weight decay applies to the LoRA matrices only: a
+    /// token row's delta decayed would pull the row back to its untrained value, which is what
+    /// training the row is meant to leave.
+    pub fn new(mut decoder: Decoder, config: &TrainConfig) -> Result<Trainer> {
+        let lora = LoraSet::install(&mut decoder, &config.lora, config.seed)?;
+        let mut names = Vec::new();
+        let mut params = Vec::new();
+        for (id, pair) in &lora.layers {
+            let name = id.hf_name();
+            names.push(format!("{name}.lora_A"));
+            params.push((pair.a().clone(), true));
+            names.push(format!("{name}.lora_B"));
+            params.push((pair.b().clone(), true));
+        }
+        let rows = if config.token_rows.is_empty() {
+            None
+        } else {
+            let rows = decoder.train_token_rows(&config.token_rows, DType::F32)?;
+            names.push("model.embed_tokens.delta".into());
+            params.push((rows.embedding.delta().clone(), false));
+            if let Some(head) = &rows.lm_head {
+                names.push("lm_head.delta".into());
+                params.push((head.delta().clone(), false));
+            }
+            Some(rows)
+        };
+        if params.is_empty() {
+            candle_core::bail!("nothing to train: no LoRA targets and no token rows");
+        }
+        Ok(Trainer {
+            decoder,
+            adapter: Adapter { lora, rows },
+            names,
+            optimizer: AdamW::new(params, config.adamw)?,
+            grad_checkpointing: config.grad_checkpointing,
+            max_grad_norm: config.max_grad_norm,
+        })
+    }
+
+    /// The trained tensors' current values (detached copies), in [`Trainer::names`] order.
+    pub fn values(&self) -> Result<Vec<Tensor>> {
+        self.optimizer
+            .slots
+            .iter()
+            .map(|s| s.var.as_tensor().copy())
+            .collect()
+    }
+
+    /// Sets the trained tensors to `values` (in [`Trainer::names`] order).
+    pub fn set_values(&self, values: &[Tensor]) -> Result<()> {
+        for (slot, v) in self.optimizer.slots.iter().zip(values) {
+            slot.var.set(v)?;
+        }
+        Ok(())
+    }
+
+    /// Trained parameters, in elements.
+    pub fn parameter_count(&self) -> usize {
+        self.optimizer
+            .slots
+            .iter()
+            .map(|s| s.var.elem_count())
+            .sum()
+    }
+
+    /// One optimizer step over `micro` (the step's micro-batches) at learning rate `lr`.
+    /// `step` seeds LoRA dropout: micro-batch `j` of it draws masks for `step · len + j`.
+    pub fn step(&mut self, micro: &[MicroBatch], lr: f64, step: u64) -> Result<StepOutput> {
+        let (loss, grads) = self.gradients(micro, step)?;
+        let (grad_norm, grads) = clip_grad_norm(&grads, self.max_grad_norm)?;
+        self.optimizer.step(&grads, lr)?;
+        Ok(StepOutput { loss, grad_norm })
+    }
+
+    /// The loss of a step over `micro` (f32 scalar) and its gradient for each trained tensor,
+    /// accumulated over the micro-batches (see the module docs for the normalization).
+    pub fn gradients(&self, micro: &[MicroBatch], step: u64) -> Result<(Tensor, Vec<Tensor>)> {
+        let loss_tokens: usize = micro.iter().map(|m| m.loss_tokens).sum();
+        if loss_tokens == 0 {
+            candle_core::bail!("a step without learned tokens");
+        }
+        let scale = 1.0 / loss_tokens as f64;
+        let params: Vec<Tensor> = self
+            .optimizer
+            .slots
+            .iter()
+            .map(|s| s.var.as_tensor().clone())
+            .collect();
+        let param_refs: Vec<&Tensor> = params.iter().collect();
+        let mut sums: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss: Option<Tensor> = None;
+        for (j, mb) in micro.iter().enumerate() {
+            self.adapter
+                .lora
+                .set_step(Some(step * micro.len() as u64 + j as u64));
+            let (l, grads) = self.decoder.loss_and_grads(
+                &mb.batch,
+                self.grad_checkpointing,
+                &param_refs,
+                |m, h| mb.loss(m, h, scale),
+            )?;
+            for (sum, p) in sums.iter_mut().zip(&params) {
+                if let Some(g) = grads.get(p) {
+                    *sum = Some(match sum.take() {
+                        Some(s) => (s + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            let l = l.to_dtype(DType::F32)?;
+            loss = Some(match loss {
+                Some(acc) => (acc + l)?,
+                None => l,
+            });
+        }
+        self.adapter.lora.set_step(None);
+        let grads = sums
+            .into_iter()
+            .zip(&params)
+            .map(|(g, p)| g.map_or_else(|| p.zeros_like(), Ok))
+            .collect::<Result<Vec<_>>>()?;
+        let loss =
+            loss.ok_or_else(|| candle_core::Error::Msg("a step without micro-batches".into()))?;
+        Ok((loss, grads))
+    }
+
+    /// The mean next-token NLL over every learned token of `rows`, `batch_size` rows at a time,
+    /// without dropout; `None` when `rows` is empty.
+    pub fn eval_loss(&self, rows: &Rows, batch_size: usize, pad: u32) -> Result<Option<f64>> {
+        self.adapter.lora.set_step(None);
+        let mut total: Option<Tensor> = None;
+        let mut count = 0usize;
+        for chunk in rows.chunks(batch_size) {
+            let mb = MicroBatch::new(&chunk, pad, self.decoder.device())?;
+            let hidden = self.decoder.hidden_no_grad(&mb.batch)?;
+            let sum = mb
+                .loss(&self.decoder, &hidden, 1.0)?
+                .detach()
+                .to_dtype(DType::F64)?;
+            total = Some(match total {
+                Some(t) => (t + sum)?,
+                None => sum,
+            });
+            count += mb.loss_tokens;
+        }
+        total
+            .map(|t| Ok(t.to_scalar::<f64>()? / count as f64))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::Batch;
+    use crate::model::decoder::tests::fixture;
+    use crate::model::linear::Proj;
+
+    /// The qwen3 fixture (hidden 32, vocab 128) with every projection adapted and two token rows.
+    pub fn config() -> TrainConfig {
+        TrainConfig {
+            lora: LoraConfig {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: Proj::ALL.to_vec(),
+            },
+            token_rows: vec![5, 100],
+            adamw: AdamWConfig::default(),
+            max_grad_norm: 1.0,
+            grad_checkpointing: false,
+            seed: 3,
+        }
+    }
+
+    pub fn fixture_model() -> Decoder {
+        Decoder::load(&fixture("qwen3"), DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// Rows of different lengths whose second half is learned.
+    pub fn rows() -> Vec<(Vec<u32>, Vec<bool>)> {
+        [9usize, 14, 6, 11]
+            .iter()
+            .enumerate()
+            .map(|(r, &len)| {
+                let ids = (0..len)
+                    .map(|t| ((r * 37 + t * 11) % 120) as u32 + 1)
+                    .collect();
+                let mask = (0..len).map(|t| t >= len / 2).collect();
+                (ids, mask)
+            })
+            .collect()
+    }
+
+    pub fn micro(rows: &[(Vec<u32>, Vec<bool>)]) -> MicroBatch {
+        let refs: Vec<(&[u32], &[bool])> = rows
+            .iter()
+            .map(|(i, m)| (i.as_slice(), m.as_slice()))
+            .collect();
+        MicroBatch::new(&refs, 0, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fresh_adapters_leave_the_model_as_it_was() {
+        let base = fixture_model();
+        let batch = Batch::dense(&[vec![5, 9, 100, 13, 2, 5]], 0, &Device::Cpu).unwrap();
+        let want = base.forward(&batch, None).unwrap();
+        let trainer = Trainer::new(base.clone(), &config()).unwrap();
+        // 2 layers × 7 projections × (A, B), then the tied embedding's delta.
+        assert_eq!(trainer.names.len(), 29);
+        assert_eq!(trainer.names[28], "model.embed_tokens.delta");
+        let got = trainer.decoder.forward(&batch, None).unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0);
+    }
+
+    #[test]
+    fn micro_batches_of_one_accumulate_to_the_gradient_of_the_whole_batch() {
+        let trainer = Trainer::new(fixture_model(), &config()).unwrap();
+        let rows = rows();
+        let whole = [micro(&rows)];
+        let ones: Vec<MicroBatch> = rows.chunks(1).map(micro).collect();
+        let (loss_whole, g_whole) = trainer.gradients(&whole, 0).unwrap();
+        let (loss_ones, g_ones) = trainer.gradients(&ones, 0).unwrap();
+        let (a, b) = (
+            loss_whole.to_scalar::<f32>().unwrap(),
+            loss_ones.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5 * a.abs(), "loss {a} vs {b}");
+        let mut nonzero = 0;
+        for ((name, x), y) in trainer.names.iter().zip(&g_whole).zip(&g_ones) {
+            let scale = x
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            nonzero += usize::from(scale > 0.0);
+            assert!(
+                max_diff(x, y) <= 1e-5 * scale.max(1e-6),
+                "{name}: {} of {scale}",
+                max_diff(x, y)
+            );
+        }
+        assert!(nonzero > 14, "B and the row delta get gradients: {nonzero}");
+        // The unnormalized alternative (a mean per micro-batch) would differ: the rows learn
+        // different numbers of tokens.
+        let per_row: f32 = ones
+            .iter()
+            .map(|m| {
+                trainer
+                    .gradients(std::slice::from_ref(m), 0)
+                    .unwrap()
+                    .0
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum::<f32>()
+            / ones.len() as f32;
+        assert!((per_row - a).abs() > 1e-4, "{per_row} vs {a}");
+    }
+
+    #[test]
+    fn steps_lower_the_loss_of_what_they_train_on() {
+        let mut trainer = Trainer::new(fixture_model(), &config()).unwrap();
+        let batch = [micro(&rows())];
+        let first = trainer.step(&batch, 1e-2, 0).unwrap().loss;
+        for step in 1..20 {
+            trainer.step(&batch, 1e-2, step).unwrap();
+        }
+        let last = trainer.gradients(&batch, 20).unwrap().0;
+        let (first, last) = (
+            first.to_scalar::<f32>().unwrap(),
+            last.to_scalar::<f32>().unwrap(),
+        );
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+}
