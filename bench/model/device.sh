@@ -3,7 +3,7 @@
 # and the PyTorch baselines in target/device/. Writes everything under $OUT (default /tmp/out).
 #   bash bench/model/device.sh decode    # forge decode_bench + HF generate (torch_lora_baseline.py)
 #   bash bench/model/device.sh nf4       # NF4 dequant kernel: bit-exact vs the CPU path, and timing
-#   bash bench/model/device.sh sft       # forge bench sft (LoRA bf16 and QLoRA NF4) + PEFT baselines
+#   bash bench/model/device.sh sft       # forge sft_bench (QLoRA NF4, LoRA bf16) + PEFT + bitsandbytes
 # Peak GPU memory of forge's runs comes from nvidia-smi sampled every 50 ms (whole device, CUDA
 # context included); the PyTorch scripts report torch.cuda.max_memory_allocated.
 set -euo pipefail
@@ -41,13 +41,11 @@ nf4)
   "$dev/stages_tests" nf4 --nocapture 2>&1 | tail -30
   ;;
 sft)
-  for args in "--seq 1024 --quant nf4 --grad-checkpointing" "--seq 2048 --quant nf4 --grad-checkpointing" \
-              "--seq 1024 --quant none --grad-checkpointing" "--seq 2048 --quant none --grad-checkpointing"; do
-    # shellcheck disable=SC2086
-    peak "$dev/forge" bench sft --preset 4b $args --steps 10 --device cuda | tee -a "$OUT/forge_sft.jsonl"
+  for quant in nf4 none; do
+    peak "$dev/sft_bench" --preset 4b --seq 1024,2048 --quant $quant --checkpointing 1 --steps 10 \
+      | tee -a "$OUT/forge_sft.jsonl"
   done
-  PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-  if [ -f "$dev"/bitsandbytes-*.whl ]; then
+  if ls "$dev"/bitsandbytes-*.whl >/dev/null 2>&1; then
     pip install --no-index --no-deps --target /tmp/site "$dev"/bitsandbytes-*.whl >/dev/null
     (cd "$OUT" && PYTHONPATH=/tmp/site OUT=$OUT "$PY" "$OLDPWD/$dev/torch_qlora_baseline.py") 2>&1 | tail -12
   fi
