@@ -31,7 +31,7 @@ use super::checkpoint::{self, Best, TrainState};
 use super::memory::MemoryProbe;
 use super::optim::AdamWConfig;
 use super::schedule::{Schedule, ScheduleKind};
-use super::trainer::{TrainConfig, Trainer};
+use super::trainer::{Quant, TrainConfig, Trainer};
 use crate::data::format::{TokenFile, load_tokenizer};
 use crate::data::io::{self, JsonlWriter};
 use crate::model::candle_device;
@@ -113,6 +113,9 @@ pub struct SftParams {
     /// its small frozen rows, so no LoRA can make it confident of any token.
     #[serde(default)]
     pub train_completion_tokens: bool,
+    /// `nf4`: QLoRA, the frozen projections in 4-bit NormalFloat.
+    #[serde(default)]
+    pub quant: Quant,
     /// Recompute each layer's activations in the backward pass instead of keeping them.
     #[serde(default)]
     pub grad_checkpointing: bool,
@@ -240,6 +243,7 @@ impl SftParams {
 
     fn train_config(&self, token_rows: Vec<u32>) -> TrainConfig {
         TrainConfig {
+            quant: self.quant,
             lora: LoraConfig {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
@@ -541,6 +545,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
                 Device::Cuda(n) => format!("cuda:{n}"),
             },
             "dtype": format!("{dtype:?}").to_lowercase(),
+            "quant": params.quant,
         }),
     )?;
 

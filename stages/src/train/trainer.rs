@@ -9,16 +9,32 @@
 //! whatever their lengths.
 
 use candle_core::{DType, Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::adapter::Adapter;
 use super::batch::{MicroBatch, Rows};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::model::decoder::Decoder;
+use crate::model::linear::Proj;
 use crate::model::lora::{LoraConfig, LoraSet};
+use crate::model::nf4::quantize_decoder;
+
+/// How the frozen projections are stored while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// As loaded (f32 or bf16).
+    #[default]
+    None,
+    /// QLoRA: every projection in 4-bit NF4, dequantized on the fly; embedding, head and norms
+    /// stay dense.
+    Nf4,
+}
 
 /// What is trained and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
+    pub quant: Quant,
     pub lora: LoraConfig,
     /// Token ids whose embedding (and head) rows are trained.
     pub token_rows: Vec<u32>,
@@ -54,11 +70,14 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Installs fresh adapters into `decoder` (whose base weights stay frozen, dense or
-    /// quantized) and an optimizer over them. Weight decay applies to the LoRA matrices only: a
+    /// Quantizes `decoder`'s projections if asked, installs fresh adapters into it (its base
+    /// weights stay frozen) and an optimizer over them. Weight decay applies to the LoRA matrices only: a
     /// token row's delta decayed would pull the row back to its untrained value, which is what
     /// training the row is meant to leave.
     pub fn new(mut decoder: Decoder, config: &TrainConfig) -> Result<Trainer> {
+        if config.quant == Quant::Nf4 {
+            quantize_decoder(&mut decoder, &Proj::ALL)?;
+        }
         let lora = LoraSet::install(&mut decoder, &config.lora, config.seed)?;
         let mut names = Vec::new();
         let mut params = Vec::new();
@@ -218,6 +237,7 @@ pub(crate) mod tests {
     /// The qwen3 fixture (hidden 32, vocab 128) with every projection adapted and two token rows.
     pub fn config() -> TrainConfig {
         TrainConfig {
+            quant: Quant::None,
             lora: LoraConfig {
                 r: 4,
                 alpha: 8.0,
@@ -330,19 +350,56 @@ pub(crate) mod tests {
         assert!((per_row - a).abs() > 1e-4, "{per_row} vs {a}");
     }
 
-    #[test]
-    fn steps_lower_the_loss_of_what_they_train_on() {
-        let mut trainer = Trainer::new(fixture_model(), &config()).unwrap();
+    /// The loss before and after 20 steps on the rows, and the trainer.
+    fn train(quant: Quant) -> (f32, f32, Trainer) {
+        let mut trainer =
+            Trainer::new(fixture_model(), &TrainConfig { quant, ..config() }).unwrap();
         let batch = [micro(&rows())];
         let first = trainer.step(&batch, 1e-2, 0).unwrap().loss;
         for step in 1..20 {
             trainer.step(&batch, 1e-2, step).unwrap();
         }
         let last = trainer.gradients(&batch, 20).unwrap().0;
-        let (first, last) = (
+        (
             first.to_scalar::<f32>().unwrap(),
             last.to_scalar::<f32>().unwrap(),
-        );
+            trainer,
+        )
+    }
+
+    #[test]
+    fn steps_lower_the_loss_of_what_they_train_on() {
+        let (first, last, _) = train(Quant::None);
         assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn qlora_trains_the_same_tensors_on_an_nf4_base_and_converges() {
+        let (first, last, qlora) = train(Quant::Nf4);
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+        let (dense_first, _, dense) = train(Quant::None);
+        assert_eq!(qlora.names, dense.names);
+        let shapes = |t: &Trainer| -> Vec<Vec<usize>> {
+            t.optimizer
+                .slots
+                .iter()
+                .map(|s| s.var.dims().to_vec())
+                .collect()
+        };
+        assert_eq!(shapes(&qlora), shapes(&dense));
+        // The base really is quantized: every projection now holds NF4-rounded values.
+        let base = fixture_model();
+        for ((id, q), (_, b)) in qlora.decoder.linears().zip(base.linears()) {
+            let dense = b.weight().dense().unwrap();
+            let err = max_diff(&q.weight().dense().unwrap(), &dense);
+            let scale = max_diff(&dense, &dense.zeros_like().unwrap());
+            // NF4's widest gap between codes is under a third of a block's absmax.
+            assert!(
+                err > 0.0 && err < 0.2 * scale,
+                "{}: {err} of {scale}",
+                id.hf_name()
+            );
+        }
+        assert_ne!(first, dense_first);
     }
 }
