@@ -365,6 +365,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     }
     let (device, dtype) = resolve_device(params.device, params.dtype, ctx.device);
     let candle = candle_device(device)?;
+    let mut memory = MemoryProbe::new(&candle);
     let decoder = Decoder::load(model_dir, dtype, &candle)?;
     let vocab = decoder.config().vocab_size;
     for (name, rows) in [("train", &train), ("dev", &dev)] {
@@ -388,7 +389,6 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let schedule = Schedule::new(params.lr_scheduler, params.lr, params.warmup_ratio, total);
     let save_every = params.save_every.unwrap_or(params.eval_every);
     let mut order = Order::new(params.seed, train.len());
-    let mut memory = MemoryProbe::new(&candle);
     let eval_batch = params.micro_batch_size;
 
     let (mut state, mut best_values, resumed_from) =
