@@ -101,21 +101,24 @@ impl HeadNll {
             let len = chunk.min(n - start);
             let h = self.h.narrow(0, start, len)?;
             let targets = self.targets.narrow(0, start, len)?;
-            let mut logits = matmul_t(&h, &self.weight)?.to_dtype(up)?;
-            if let Some(rows) = &self.rows {
-                let delta = rows.delta().as_tensor().detach().to_dtype(up)?;
-                let extra = matmul_t(&h.to_dtype(up)?, &delta)?;
-                logits = logits.index_add(rows.ids_tensor(), &extra, 1)?;
-            }
-            let (chunk_nll, dlogits) = softmax_rows(&logits, &targets, self.grad)?;
+            let logits = matmul_t(&h, &self.weight)?.to_dtype(up)?;
+            let rows = match &self.rows {
+                Some(rows) => {
+                    let delta = rows.delta().as_tensor().detach().to_dtype(up)?;
+                    let extra = matmul_t(&h.to_dtype(up)?, &delta)?;
+                    Some((rows.as_ref(), extra))
+                }
+                None => None,
+            };
+            let rows = rows.as_ref().map(|(r, e)| (*r, e));
+            let (chunk_nll, dlogits) = softmax_rows(&logits, rows, &targets, self.grad)?;
             nll.push(chunk_nll);
-            if let Some(dlogits) = dlogits {
+            if let Some((dlogits, at_rows)) = dlogits {
                 let mut g = dlogits
                     .to_dtype(self.weight.dtype())?
                     .matmul(&self.weight)?
                     .to_dtype(up)?;
-                if let Some(rows) = &self.rows {
-                    let at_rows = dlogits.index_select(rows.ids_tensor(), 1)?;
+                if let (Some(rows), Some(at_rows)) = (&self.rows, at_rows) {
                     let delta = rows.delta().as_tensor().detach().to_dtype(up)?;
                     g = (g + at_rows.matmul(&delta)?)?;
                     d_rows.push(at_rows);
@@ -136,12 +139,24 @@ impl HeadNll {
     }
 }
 
-/// Per-row `lse(x) − x[target]` of f32/f64 logits `[c, vocab]` and, with `grad`,
-/// `softmax(x) − onehot(target)`.
-fn softmax_rows(logits: &Tensor, targets: &Tensor, grad: bool) -> Result<(Tensor, Option<Tensor>)> {
+/// `softmax − onehot` of a chunk's logits, and its columns at the token rows (when there are).
+type Dlogits = (Tensor, Option<Tensor>);
+
+/// Per-row `lse(x') − x'[target]` of f32/f64 logits `[c, vocab]`, where `x'` is `x` with
+/// `extra [c, k]` added at the token rows' columns, and with `grad` `softmax(x') − onehot(target)`.
+fn softmax_rows(
+    logits: &Tensor,
+    rows: Option<(&TokenRows, &Tensor)>,
+    targets: &Tensor,
+    grad: bool,
+) -> Result<(Tensor, Option<Dlogits>)> {
     if logits.device().is_cpu() && logits.dtype() == DType::F32 {
-        return softmax_rows_cpu(logits, targets, grad);
+        return softmax_rows_cpu(logits, rows, targets, grad);
     }
+    let logits = match rows {
+        Some((rows, extra)) => logits.index_add(rows.ids_tensor(), extra, 1)?,
+        None => logits.clone(),
+    };
     let max = logits.max_keepdim(1)?;
     let e = logits.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(1)?;
@@ -154,36 +169,53 @@ fn softmax_rows(logits: &Tensor, targets: &Tensor, grad: bool) -> Result<(Tensor
     let minus_one =
         Tensor::full(-1f32, index.shape(), logits.device())?.to_dtype(logits.dtype())?;
     let d = e.broadcast_div(&sum)?.scatter_add(&index, &minus_one, 1)?;
-    Ok((nll, Some(d)))
+    let at_rows = match rows {
+        Some((rows, _)) => Some(d.index_select(rows.ids_tensor(), 1)?),
+        None => None,
+    };
+    Ok((nll, Some((d, at_rows))))
 }
 
-/// [`softmax_rows`] on the CPU: one pass for the maximum, one for the exponentials and their sum
-/// (kept as the softmax's numerators), one for the division; rows in parallel.
+/// [`softmax_rows`] on the CPU, rows in parallel, each in one buffer: the logits with the token
+/// rows' extra added, then in place their exponentials (summed as they are made), then the
+/// softmax.
 fn softmax_rows_cpu(
     logits: &Tensor,
+    rows: Option<(&TokenRows, &Tensor)>,
     targets: &Tensor,
     grad: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Option<Dlogits>)> {
     let (c, vocab) = logits.dims2()?;
-    let logits = logits.contiguous()?;
     let targets: Vec<u32> = targets.to_vec1()?;
+    let logits = logits.contiguous()?;
     let (storage, layout) = logits.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("head loss: CPU logits in other storage");
     };
     let x = cpu_slice::<f32>(cpu, layout)?;
+    let (ids, extra): (&[u32], Vec<f32>) = match rows {
+        Some((rows, extra)) => (rows.ids(), extra.flatten_all()?.to_vec1()?),
+        None => (&[], Vec::new()),
+    };
+    let k = ids.len();
     let mut d = vec![0f32; c * vocab];
     let nll: Vec<f32> = d
         .par_chunks_mut(vocab)
         .zip(x.par_chunks(vocab))
-        .zip(&targets)
-        .map(|((d, x), &t)| {
-            let max = lanes(x, f32::NEG_INFINITY, f32::max);
+        .zip(targets.par_iter())
+        .enumerate()
+        .map(|(row, ((d, x), &t))| {
+            d.copy_from_slice(x);
+            for (&id, e) in ids.iter().zip(&extra[row * k..(row + 1) * k]) {
+                d[id as usize] += e;
+            }
+            let picked = d[t as usize];
+            let max = lanes(d, f32::NEG_INFINITY, f32::max);
             let mut sums = [0f32; LANES];
-            for (d, x) in d.chunks_mut(LANES).zip(x.chunks(LANES)) {
-                for ((s, d), &x) in sums.iter_mut().zip(d).zip(x) {
-                    *d = exp_le0(x - max);
-                    *s += *d;
+            for chunk in d.chunks_mut(LANES) {
+                for (s, v) in sums.iter_mut().zip(chunk) {
+                    *v = exp_le0(*v - max);
+                    *s += *v;
                 }
             }
             let sum: f32 = sums.iter().sum();
@@ -194,17 +226,28 @@ fn softmax_rows_cpu(
                 }
                 d[t as usize] -= 1.0;
             }
-            max + sum.ln() - x[t as usize]
+            max + sum.ln() - picked
         })
         .collect();
     let device = logits.device();
     let nll = Tensor::from_vec(nll, c, device)?;
-    let d = if grad {
-        Some(Tensor::from_vec(d, (c, vocab), device)?)
-    } else {
-        None
+    if !grad {
+        return Ok((nll, None));
+    }
+    let at_rows = match rows {
+        Some(_) => {
+            let picked: Vec<f32> = (0..c)
+                .flat_map(|r| ids.iter().map(move |&id| (r, id)))
+                .map(|(r, id)| d[r * vocab + id as usize])
+                .collect();
+            Some(Tensor::from_vec(picked, (c, k), device)?)
+        }
+        None => None,
     };
-    Ok((nll, d))
+    Ok((
+        nll,
+        Some((Tensor::from_vec(d, (c, vocab), device)?, at_rows)),
+    ))
 }
 
 /// Independent accumulators: enough for the compiler to keep a vector register busy.
@@ -365,13 +408,11 @@ mod tests {
     fn the_cpu_f32_path_agrees_with_candle_kernels_across_chunks() {
         let dev = Device::Cpu;
         // More rows than one CPU chunk holds at this vocabulary, and logits of every size.
-        let vocab = 70_000;
+        let (vocab, hidden) = (70_000, 8);
         let n = 2 * (CPU_CHUNK_BYTES / (4 * vocab)) + 3;
-        let w = (randn(&[vocab, 8], 5) * 3.0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let h = Var::from_tensor(&randn(&[n, 8], 6).to_dtype(DType::F32).unwrap()).unwrap();
+        let f32_of = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        let w = f32_of((randn(&[vocab, hidden], 5) * 3.0).unwrap());
+        let h = Var::from_tensor(&f32_of(randn(&[n, hidden], 6))).unwrap();
         let targets = Tensor::from_vec(
             (0..n as u32)
                 .map(|i| i * 7919 % vocab as u32)
@@ -380,20 +421,43 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let nll = token_nll(h.as_tensor(), &w, None, &targets).unwrap();
-        let logits = matmul_t(h.as_tensor(), &w).unwrap();
-        let want = token_nll_composed(&logits, &targets).unwrap();
-        assert!(max_diff(&nll, &want) < 1e-4, "{}", max_diff(&nll, &want));
-        let g = nll.sum_all().unwrap().backward().unwrap();
-        let want_g = want.sum_all().unwrap().backward().unwrap();
-        let (a, b) = (
-            g.get(h.as_tensor()).unwrap(),
-            want_g.get(h.as_tensor()).unwrap(),
-        );
-        assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
-        // Without anything to differentiate, no gradient is prepared and none can be asked for.
+        let ids: Vec<u32> = (0..n as u32)
+            .map(|i| i * 7919 % vocab as u32)
+            .step_by(3)
+            .chain([5])
+            .collect();
+        let rows = Arc::new(TokenRows::new(&ids, vocab, hidden, DType::F32, &dev).unwrap());
+        rows.delta()
+            .set(&f32_of(randn(&[ids.len(), hidden], 7)))
+            .unwrap();
+        for with_rows in [false, true] {
+            let r = with_rows.then_some(&rows);
+            let nll = token_nll(h.as_tensor(), &w, r, &targets).unwrap();
+            let want = if with_rows {
+                composed(h.as_tensor(), &w, &rows, &targets)
+            } else {
+                token_nll_composed(&matmul_t(h.as_tensor(), &w).unwrap(), &targets).unwrap()
+            };
+            assert!(max_diff(&nll, &want) < 1e-4, "{}", max_diff(&nll, &want));
+            let g = nll.sum_all().unwrap().backward().unwrap();
+            let want_g = want.sum_all().unwrap().backward().unwrap();
+            let mut vars = vec![h.as_tensor()];
+            if with_rows {
+                vars.push(rows.delta().as_tensor());
+            }
+            for v in vars {
+                let (a, b) = (g.get(v).unwrap(), want_g.get(v).unwrap());
+                assert!(
+                    max_diff(a, b) < 1e-4,
+                    "rows {with_rows}: {}",
+                    max_diff(a, b)
+                );
+            }
+        }
+        // With nothing to differentiate, the same losses (no gradient prepared).
         let plain = token_nll(&h.as_tensor().detach(), &w, None, &targets).unwrap();
-        assert!(max_diff(&plain, &nll) == 0.0);
+        let tracked = token_nll(h.as_tensor(), &w, None, &targets).unwrap();
+        assert_eq!(max_diff(&plain, &tracked), 0.0);
     }
 
     #[test]
