@@ -569,3 +569,75 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     }
     Ok(Report { summary })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: serde_json::Value) -> Result<SftParams, String> {
+        let p: SftParams = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        p.validate().map(|()| p)
+    }
+
+    #[test]
+    fn defaults_are_explicit_and_steps_follow_epochs_or_max_steps() {
+        let p = params(json!({})).unwrap();
+        assert_eq!((p.lr, p.lora_r, p.lora_alpha), (2e-4, 16, 32.0));
+        assert_eq!(p.lora_targets, Proj::ALL);
+        assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
+        assert_eq!(
+            (p.quant, p.device, p.dtype),
+            (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
+        );
+        // One epoch by default: 10 rows, 2 per micro-batch, 2 micro-batches per step.
+        let p = params(json!({"micro_batch_size": 2, "grad_accum": 2})).unwrap();
+        assert_eq!(p.total_steps(10), 3);
+        assert_eq!(params(json!({"epochs": 2.5})).unwrap().total_steps(10), 25);
+        assert_eq!(params(json!({"max_steps": 7})).unwrap().total_steps(10), 7);
+    }
+
+    #[test]
+    fn bad_params_say_what_is_wrong() {
+        for (json, needle) in [
+            (json!({"epochs": 1, "max_steps": 5}), "not both"),
+            (
+                json!({"lora_targets": ["q", "lm_head"]}),
+                "unknown variant `lm_head`",
+            ),
+            (json!({"lora_targets": ["q", "q"]}), "lists `q` twice"),
+            (json!({"lora_dropout": 1.0}), "lora_dropout"),
+            (json!({"quant": "int8"}), "unknown variant `int8`"),
+            (json!({"lr": 0.0}), "`lr`"),
+            (json!({"warmup_ratio": 1.5}), "warmup_ratio"),
+            (json!({"dev_limit": 0}), "dev_limit"),
+            (
+                json!({"learning_rate": 1e-4}),
+                "unknown field `learning_rate`",
+            ),
+        ] {
+            let err = params(json.clone()).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn auto_means_the_engine_device_and_its_dtype() {
+        use {DeviceParam as D, DtypeParam as T};
+        assert_eq!(
+            resolve_device(D::Auto, T::Auto, Device::Cpu),
+            (Device::Cpu, DType::F32)
+        );
+        assert_eq!(
+            resolve_device(D::Auto, T::Auto, Device::Cuda(1)),
+            (Device::Cuda(1), DType::BF16)
+        );
+        assert_eq!(
+            resolve_device(D::Cpu, T::Auto, Device::Cuda(1)),
+            (Device::Cpu, DType::F32)
+        );
+        assert_eq!(
+            resolve_device(D::Cuda, T::F32, Device::Cpu),
+            (Device::Cuda(0), DType::F32)
+        );
+    }
+}
