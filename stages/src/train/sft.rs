@@ -514,8 +514,8 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         .iter()
         .filter_map(|r| r.get("dev_loss").and_then(Value::as_f64))
         .collect();
-    let skipped = |f: fn(&Rows) -> usize| f(&train) + f(&dev);
-    let (too_long, nothing) = (skipped(|r| r.too_long), skipped(|r| r.nothing_to_learn));
+    let skipped =
+        |rows: &Rows| json!({"too_long": rows.too_long, "nothing_to_learn": rows.nothing_to_learn});
     let tok_s = tokens_this_run as f64 / train_secs.max(1e-9);
     let peak = memory.peak_bytes();
     io::write_metrics(
@@ -526,8 +526,8 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
                 / train.len() as f64,
             "train_rows": train.len(),
             "dev_rows": dev.len(),
-            "skipped_too_long": too_long,
-            "skipped_nothing_to_learn": nothing,
+            "train_rows_left_out": skipped(&train),
+            "dev_rows_left_out": skipped(&dev),
             "start_dev_loss": dev_losses.first(),
             "final_dev_loss": dev_losses.last(),
             "best_dev_loss": state.best.map(|b| b.dev_loss),
@@ -561,10 +561,17 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         _ => summary.push_str(", no dev rows: the final adapter is the output"),
     }
     summary.push_str(&format!(", {tok_s:.0} tok/s"));
-    if too_long + nothing > 0 {
+    if [&train, &dev]
+        .iter()
+        .any(|r| r.too_long + r.nothing_to_learn > 0)
+    {
         summary.push_str(&format!(
-            "; left out {too_long} rows over max_len {} and {nothing} with nothing to learn",
-            params.max_len
+            "; left out (over max_len {} / nothing to learn): train {}/{}, dev {}/{}",
+            params.max_len,
+            train.too_long,
+            train.nothing_to_learn,
+            dev.too_long,
+            dev.nothing_to_learn
         ));
     }
     Ok(Report { summary })
