@@ -24,9 +24,10 @@ use super::fused::{on_cpu, on_cuda};
 use super::linear::matmul_t;
 use super::nf4::cpu_slice;
 
-/// Bytes of f32 logits per chunk: cache-sized on a CPU, large on a GPU (few, big kernels).
+/// Bytes of f32 logits per chunk: cache-sized on a CPU; on a GPU large enough for big kernels
+/// (about 220 rows of Qwen3's vocabulary) while the chunk's temporaries stay well under a GiB.
 const CPU_CHUNK_BYTES: usize = 8 << 20;
-const GPU_CHUNK_BYTES: usize = 512 << 20;
+const GPU_CHUNK_BYTES: usize = 128 << 20;
 
 /// Per-row NLL `[N]` (f32; f64 for f64 inputs) of `targets [N]` (u32) under the head `weight
 /// [vocab, hidden]` (frozen) plus `rows` (trainable deltas), from `h [N, hidden]`. Gradients reach
