@@ -138,6 +138,11 @@ enum Command {
         #[command(subcommand)]
         action: ModelAction,
     },
+    /// Time training on random tokens (compare with shared/bench/torch_qlora_baseline.py).
+    Bench {
+        #[command(subcommand)]
+        action: BenchAction,
+    },
     /// Delete cache entries and objects that neither forge.lock nor a recent run references.
     Gc {
         /// Keep run-cache entries younger than this many days (so reverting an edit stays instant).
@@ -200,6 +205,41 @@ enum ModelAction {
         /// Weight dtype of the safetensors: f32 or bf16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchAction {
+    /// LoRA/QLoRA steps on one row of random tokens (loss on its second half, LoRA on all seven
+    /// projections); prints JSON: tok_s, peak_gib and what the peak measures.
+    Sft {
+        /// A Hugging Face model directory (`forge model init --preset 4b` writes a random Qwen3-4B).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Tokens per step.
+        #[arg(long, default_value_t = 1024, value_name = "N")]
+        seq: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        warmup: usize,
+        /// none or nf4.
+        #[arg(long, default_value = "none")]
+        quant: String,
+        #[arg(long)]
+        grad_checkpointing: bool,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// auto (f32 on a CPU, bf16 on a GPU), f32 or bf16.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        #[arg(long, default_value_t = 16, value_name = "R")]
+        lora_r: usize,
+        #[arg(long, default_value_t = 32.0, value_name = "ALPHA")]
+        lora_alpha: f64,
     },
 }
 
@@ -604,6 +644,59 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                 message: e.to_string(),
             })?;
             println!("{}", report.summary());
+            Ok(0)
+        }
+        Command::Bench {
+            action:
+                BenchAction::Sft {
+                    model,
+                    seq,
+                    steps,
+                    warmup,
+                    quant,
+                    grad_checkpointing,
+                    device,
+                    dtype,
+                    lora_r,
+                    lora_alpha,
+                },
+        } => {
+            use forge_stages::train::bench::{BenchOptions, bench_sft};
+            use forge_stages::train::sft::resolve_device;
+            // The sft stage's own param names and values.
+            fn param<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T, Exit> {
+                serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|e| {
+                    Exit {
+                        code: 2,
+                        message: format!("--{flag} {value}: {e}"),
+                    }
+                })
+            }
+            let (device, dtype) = resolve_device(
+                param("device", &device)?,
+                param("dtype", &dtype)?,
+                forge_stages::Device::Cpu,
+            );
+            let options = BenchOptions {
+                model,
+                seq,
+                steps,
+                warmup,
+                quant: param("quant", &quant)?,
+                grad_checkpointing,
+                device,
+                dtype,
+                lora_r,
+                lora_alpha,
+            };
+            let result = bench_sft(&options).map_err(|e| Exit {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            println!(
+                "{}",
+                serde_json::to_string(&result).expect("the result serializes")
+            );
             Ok(0)
         }
         Command::Gc { keep_days } => {

@@ -670,8 +670,15 @@ fn default_pipeline() -> Ws {
     ws
 }
 
-/// `--set`s that keep the default pipeline's eval to a few tokens per row.
-const QUICK_EVAL: [&str; 6] = [
+/// `--set`s that keep the default pipeline's training to two steps and its eval to a few tokens
+/// per row.
+const QUICK: [&str; 12] = [
+    "--set",
+    "sft.max_steps=2",
+    "--set",
+    "sft.eval_every=2",
+    "--set",
+    "sft.dev_limit=2",
     "--set",
     "eval.limit=1",
     "--set",
@@ -683,7 +690,7 @@ const QUICK_EVAL: [&str; 6] = [
 #[test]
 fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
     let ws = default_pipeline();
-    let r = ws.ok(&[&["run", "--set", "synth.rows=300"][..], &QUICK_EVAL].concat());
+    let r = ws.ok(&[&["run", "--set", "synth.rows=300"][..], &QUICK].concat());
     assert_eq!(
         r.executed(),
         [
@@ -692,6 +699,7 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
             "format",
             "model",
             "normalize",
+            "sft",
             "split",
             "synth",
             "tokenizer",
@@ -748,13 +756,18 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
     // A data param edit reruns from that stage on; the tokenizer is not fetched again.
     let r = ws.ok(&[
         &["run", "--set", "synth.rows=300", "--set", "split.seed=8"][..],
-        &QUICK_EVAL,
+        &QUICK,
     ]
     .concat());
     assert_eq!(r.states()["tokenizer"], "fresh");
     assert_eq!(r.states()["bfcl-data"], "fresh");
     assert_eq!(r.states()["verify"], "fresh");
-    assert_eq!(r.executed(), ["eval", "format", "split"], "{}", r.stdout);
+    assert_eq!(
+        r.executed(),
+        ["eval", "format", "sft", "split"],
+        "{}",
+        r.stdout
+    );
 
     // The README's main command: naming eval prints its report after the result lines.
     let r = ws.ok(&[
@@ -766,7 +779,7 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
             "--set",
             "split.seed=8",
         ][..],
-        &QUICK_EVAL,
+        &QUICK,
     ]
     .concat());
     assert!(r.executed().is_empty(), "{}", r.stdout);

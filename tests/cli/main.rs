@@ -5,4 +5,5 @@ mod bfcl;
 mod engine;
 mod model;
 mod remote;
+mod sft;
 mod support;

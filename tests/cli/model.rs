@@ -1,21 +1,8 @@
 //! `forge model init`, `forge generate` and `forge model import` from the command line.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::*;
-
-fn tokenizer() -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dest = root.join("target/test-assets/qwen3-tokenizer");
-    let st = Command::new("bash")
-        .arg(root.join("scripts/fetch-tokenizer.sh"))
-        .arg(&dest)
-        .status()
-        .unwrap();
-    assert!(st.success(), "scripts/fetch-tokenizer.sh failed");
-    dest
-}
 
 #[test]
 fn init_a_tiny_model_and_chat_with_it() {

@@ -4,6 +4,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The Qwen3 tokenizer files (fetched once by scripts/fetch-tokenizer.sh into target/test-assets).
+pub fn tokenizer() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dest = root.join("target/test-assets/qwen3-tokenizer");
+    let st = Command::new("bash")
+        .arg(root.join("scripts/fetch-tokenizer.sh"))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "scripts/fetch-tokenizer.sh failed");
+    dest
+}
+
 pub struct Ws {
     pub dir: tempfile::TempDir,
 }

@@ -515,6 +515,13 @@ impl Decoder {
         self.lm_head.forward(hidden, &self.embedding)
     }
 
+    /// Per-row next-token NLL `[N]` of `targets [N]` (u32) from final hidden states
+    /// `[N, hidden]`: the head and the cross-entropy as one op ([`super::head_loss`]) that keeps no
+    /// `[N, vocab]` tensor — what training computes at its learned positions.
+    pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> CandleResult<Tensor> {
+        self.lm_head.token_nll(hidden, targets, &self.embedding)
+    }
+
     /// Logits `[B, T, vocab]` of every position.
     pub fn forward(&self, batch: &Batch, cache: Option<&mut KvCache>) -> CandleResult<Tensor> {
         self.logits(&self.hidden(batch, cache)?)

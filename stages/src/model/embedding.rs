@@ -56,6 +56,11 @@ impl TokenRows {
         &self.ids
     }
 
+    /// `ids` as a u32 tensor on the delta's device.
+    pub(crate) fn ids_tensor(&self) -> &Tensor {
+        &self.ids_tensor
+    }
+
     /// The trainable `[k, hidden]` delta, row `i` for token `ids[i]`.
     pub fn delta(&self) -> &Var {
         &self.delta
@@ -157,6 +162,13 @@ impl LmHead {
 
     pub fn set_rows(&mut self, rows: Option<Arc<TokenRows>>) {
         self.rows = rows;
+    }
+
+    /// Per-row NLL `[N]` of `targets [N]` from hidden states `h [N, hidden]`: the head and the loss
+    /// as one op ([`super::head_loss`]).
+    pub fn token_nll(&self, h: &Tensor, targets: &Tensor, embedding: &Embedding) -> Result<Tensor> {
+        let w = self.weight.as_ref().unwrap_or(&embedding.weight);
+        super::head_loss::token_nll(h, w, self.rows.as_ref(), targets)
     }
 
     /// `h [.., hidden]` → logits `[.., vocab]`.

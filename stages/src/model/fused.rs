@@ -43,14 +43,14 @@ fn into_storage(y: Tensor) -> Result<(Storage, Shape)> {
     Ok((owned, shape))
 }
 
-fn on_cpu(y: Result<Tensor>) -> Result<(CpuStorage, Shape)> {
+pub(super) fn on_cpu(y: Result<Tensor>) -> Result<(CpuStorage, Shape)> {
     match into_storage(y?)? {
         (Storage::Cpu(s), shape) => Ok((s, shape)),
         _ => candle_core::bail!("an op on CPU storage computed elsewhere"),
     }
 }
 
-fn on_cuda(y: Result<Tensor>) -> Result<(CudaStorage, Shape)> {
+pub(super) fn on_cuda(y: Result<Tensor>) -> Result<(CudaStorage, Shape)> {
     match into_storage(y?)? {
         (Storage::Cuda(s), shape) => Ok((s, shape)),
         _ => candle_core::bail!("an op on CUDA storage computed elsewhere"),

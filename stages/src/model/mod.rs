@@ -10,6 +10,8 @@
 //! - [`nf4`]: QLoRA's 4-bit NormalFloat base weights, bit-compatible with bitsandbytes, dequantized
 //!   on the fly (CPU, or a CUDA kernel).
 //! - [`embedding`]: the token embedding and tied/untied head, with trainable token rows.
+//! - [`head_loss`]: the head and the cross-entropy as one op, for training at the learned
+//!   positions.
 //! - [`fused`]: RMSNorm, masked softmax, RoPE and cross-entropy as candle custom ops with a
 //!   hand-written backward (candle's fused kernels have none); [`ops`]: their composed references.
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
@@ -24,6 +26,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod fused;
 pub mod generate;
+pub mod head_loss;
 pub mod import;
 pub mod init;
 pub mod linear;

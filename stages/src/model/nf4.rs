@@ -536,7 +536,10 @@ struct Dequantize<'a> {
 }
 
 /// A contiguous tensor's values in CPU storage.
-fn cpu_slice<'s, T: candle_core::WithDType>(s: &'s CpuStorage, layout: &Layout) -> Result<&'s [T]> {
+pub(crate) fn cpu_slice<'s, T: candle_core::WithDType>(
+    s: &'s CpuStorage,
+    layout: &Layout,
+) -> Result<&'s [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
         None => candle_core::bail!("NF4: a state tensor is not contiguous"),

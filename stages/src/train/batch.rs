@@ -19,7 +19,6 @@ use crate::data::format::TokenFile;
 use crate::data::synth::rng::Rng;
 use crate::model::Batch;
 use crate::model::decoder::Decoder;
-use crate::model::ops::token_nll;
 
 /// The rows of one split that fit training: at most `max_len` tokens and something to learn.
 #[derive(Debug)]
@@ -196,7 +195,7 @@ impl MicroBatch {
         let picked = hidden
             .reshape((b * t, h))?
             .index_select(&self.positions, 0)?;
-        let nll = token_nll(&model.logits(&picked)?, &self.targets)?;
+        let nll = model.token_nll(&picked, &self.targets)?;
         nll.sum_all()? * scale
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod memory;
 pub mod optim;

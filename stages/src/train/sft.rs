@@ -365,6 +365,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     }
     let (device, dtype) = resolve_device(params.device, params.dtype, ctx.device);
     let candle = candle_device(device)?;
+    let mut memory = MemoryProbe::new(&candle);
     let decoder = Decoder::load(model_dir, dtype, &candle)?;
     let vocab = decoder.config().vocab_size;
     for (name, rows) in [("train", &train), ("dev", &dev)] {
@@ -388,7 +389,6 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let schedule = Schedule::new(params.lr_scheduler, params.lr, params.warmup_ratio, total);
     let save_every = params.save_every.unwrap_or(params.eval_every);
     let mut order = Order::new(params.seed, train.len());
-    let mut memory = MemoryProbe::new(&candle);
     let eval_batch = params.micro_batch_size;
 
     let (mut state, mut best_values, resumed_from) =
@@ -514,8 +514,8 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         .iter()
         .filter_map(|r| r.get("dev_loss").and_then(Value::as_f64))
         .collect();
-    let skipped = |f: fn(&Rows) -> usize| f(&train) + f(&dev);
-    let (too_long, nothing) = (skipped(|r| r.too_long), skipped(|r| r.nothing_to_learn));
+    let skipped =
+        |rows: &Rows| json!({"too_long": rows.too_long, "nothing_to_learn": rows.nothing_to_learn});
     let tok_s = tokens_this_run as f64 / train_secs.max(1e-9);
     let peak = memory.peak_bytes();
     io::write_metrics(
@@ -526,8 +526,8 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
                 / train.len() as f64,
             "train_rows": train.len(),
             "dev_rows": dev.len(),
-            "skipped_too_long": too_long,
-            "skipped_nothing_to_learn": nothing,
+            "train_rows_left_out": skipped(&train),
+            "dev_rows_left_out": skipped(&dev),
             "start_dev_loss": dev_losses.first(),
             "final_dev_loss": dev_losses.last(),
             "best_dev_loss": state.best.map(|b| b.dev_loss),
@@ -561,11 +561,90 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         _ => summary.push_str(", no dev rows: the final adapter is the output"),
     }
     summary.push_str(&format!(", {tok_s:.0} tok/s"));
-    if too_long + nothing > 0 {
+    if [&train, &dev]
+        .iter()
+        .any(|r| r.too_long + r.nothing_to_learn > 0)
+    {
         summary.push_str(&format!(
-            "; left out {too_long} rows over max_len {} and {nothing} with nothing to learn",
-            params.max_len
+            "; left out (over max_len {} / nothing to learn): train {}/{}, dev {}/{}",
+            params.max_len,
+            train.too_long,
+            train.nothing_to_learn,
+            dev.too_long,
+            dev.nothing_to_learn
         ));
     }
     Ok(Report { summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: serde_json::Value) -> Result<SftParams, String> {
+        let p: SftParams = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        p.validate().map(|()| p)
+    }
+
+    #[test]
+    fn defaults_are_explicit_and_steps_follow_epochs_or_max_steps() {
+        let p = params(json!({})).unwrap();
+        assert_eq!((p.lr, p.lora_r, p.lora_alpha), (2e-4, 16, 32.0));
+        assert_eq!(p.lora_targets, Proj::ALL);
+        assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
+        assert_eq!(
+            (p.quant, p.device, p.dtype),
+            (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
+        );
+        // One epoch by default: 10 rows, 2 per micro-batch, 2 micro-batches per step.
+        let p = params(json!({"micro_batch_size": 2, "grad_accum": 2})).unwrap();
+        assert_eq!(p.total_steps(10), 3);
+        assert_eq!(params(json!({"epochs": 2.5})).unwrap().total_steps(10), 25);
+        assert_eq!(params(json!({"max_steps": 7})).unwrap().total_steps(10), 7);
+    }
+
+    #[test]
+    fn bad_params_say_what_is_wrong() {
+        for (json, needle) in [
+            (json!({"epochs": 1, "max_steps": 5}), "not both"),
+            (
+                json!({"lora_targets": ["q", "lm_head"]}),
+                "unknown variant `lm_head`",
+            ),
+            (json!({"lora_targets": ["q", "q"]}), "lists `q` twice"),
+            (json!({"lora_dropout": 1.0}), "lora_dropout"),
+            (json!({"quant": "int8"}), "unknown variant `int8`"),
+            (json!({"lr": 0.0}), "`lr`"),
+            (json!({"warmup_ratio": 1.5}), "warmup_ratio"),
+            (json!({"dev_limit": 0}), "dev_limit"),
+            (
+                json!({"learning_rate": 1e-4}),
+                "unknown field `learning_rate`",
+            ),
+        ] {
+            let err = params(json.clone()).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn auto_means_the_engine_device_and_its_dtype() {
+        use {DeviceParam as D, DtypeParam as T};
+        assert_eq!(
+            resolve_device(D::Auto, T::Auto, Device::Cpu),
+            (Device::Cpu, DType::F32)
+        );
+        assert_eq!(
+            resolve_device(D::Auto, T::Auto, Device::Cuda(1)),
+            (Device::Cuda(1), DType::BF16)
+        );
+        assert_eq!(
+            resolve_device(D::Cpu, T::Auto, Device::Cuda(1)),
+            (Device::Cpu, DType::F32)
+        );
+        assert_eq!(
+            resolve_device(D::Cuda, T::F32, Device::Cpu),
+            (Device::Cuda(0), DType::F32)
+        );
+    }
 }
