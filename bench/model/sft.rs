@@ -15,10 +15,10 @@ use candle_core::{DType, Device};
 use forge_stages::model::init::{Shape, random_decoder};
 use forge_stages::model::linear::Proj;
 use forge_stages::model::lora::LoraConfig;
-use forge_stages::model::{Arch, ModelError, nf4};
+use forge_stages::model::{Arch, ModelError};
 use forge_stages::train::batch::MicroBatch;
 use forge_stages::train::optim::AdamWConfig;
-use forge_stages::train::trainer::{TrainConfig, Trainer};
+use forge_stages::train::trainer::{Quant, TrainConfig, Trainer};
 
 struct Args {
     preset: String,
@@ -72,13 +72,9 @@ fn run(a: &Args) -> Result<(), ModelError> {
     };
     let config = Shape::parse(&a.preset)?.config(Arch::Qwen3)?;
     let started = Instant::now();
-    let mut decoder = random_decoder(&config, 0, dtype, &device)?;
-    if a.nf4 {
-        nf4::quantize_decoder(&mut decoder, &Proj::ALL)?;
-    }
-    device.synchronize()?;
-    eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
+    let decoder = random_decoder(&config, 0, dtype, &device)?;
     let train = TrainConfig {
+        quant: if a.nf4 { Quant::Nf4 } else { Quant::None },
         lora: LoraConfig {
             r: 16,
             alpha: 32.0,
@@ -92,6 +88,8 @@ fn run(a: &Args) -> Result<(), ModelError> {
         seed: 0,
     };
     let mut trainer = Trainer::new(decoder, &train)?;
+    device.synchronize()?;
+    eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
     for &seq in &a.seqs {
         let ids: Vec<u32> = (0..seq).map(|i| ((i * 104_729) % 151_000) as u32).collect();
         let mask: Vec<bool> = (0..seq).map(|i| i >= seq / 2).collect();
