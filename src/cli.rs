@@ -213,9 +213,13 @@ enum BenchAction {
     /// LoRA/QLoRA steps on one row of random tokens (loss on its second half, LoRA on all seven
     /// projections); prints JSON: tok_s, peak_gib and what the peak measures.
     Sft {
-        /// A Hugging Face model directory (`forge model init --preset 4b` writes a random Qwen3-4B).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
+        /// A Hugging Face model directory.
+        #[arg(long, value_name = "DIR", required_unless_present = "preset")]
+        model: Option<PathBuf>,
+        /// Instead of --model: a random-initialized Qwen3 built in memory, of a preset (tiny,
+        /// 0.6b, 4b) or a config.json.
+        #[arg(long, value_name = "PRESET", conflicts_with = "model")]
+        preset: Option<String>,
         /// Tokens per step.
         #[arg(long, default_value_t = 1024, value_name = "N")]
         seq: usize,
@@ -650,6 +654,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
             action:
                 BenchAction::Sft {
                     model,
+                    preset,
                     seq,
                     steps,
                     warmup,
@@ -661,7 +666,7 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                     lora_alpha,
                 },
         } => {
-            use forge_stages::train::bench::{BenchOptions, bench_sft};
+            use forge_stages::train::bench::{BenchModel, BenchOptions, bench_sft};
             use forge_stages::train::sft::resolve_device;
             // The sft stage's own param names and values.
             fn param<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T, Exit> {
@@ -677,6 +682,11 @@ fn dispatch(cli: Cli) -> Result<i32, Exit> {
                 param("dtype", &dtype)?,
                 forge_stages::Device::Cpu,
             );
+            let model = match (model, preset) {
+                (Some(dir), _) => BenchModel::Dir(dir),
+                (None, Some(preset)) => BenchModel::Random(preset),
+                (None, None) => unreachable!("clap requires --model or --preset"),
+            };
             let options = BenchOptions {
                 model,
                 seq,

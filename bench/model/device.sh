@@ -3,9 +3,10 @@
 # and the PyTorch baselines in target/device/. Writes everything under $OUT (default /tmp/out).
 #   bash bench/model/device.sh decode    # forge decode_bench + HF generate (torch_lora_baseline.py)
 #   bash bench/model/device.sh nf4       # NF4 dequant kernel: bit-exact vs the CPU path, and timing
-#   bash bench/model/device.sh sft       # forge sft_bench (QLoRA NF4, LoRA bf16) + PEFT + bitsandbytes
-# Peak GPU memory of forge's runs comes from nvidia-smi sampled every 50 ms (whole device, CUDA
-# context included); the PyTorch scripts report torch.cuda.max_memory_allocated.
+#   bash bench/model/device.sh sft       # forge bench sft (QLoRA NF4, LoRA bf16) + PEFT + bitsandbytes
+# Peak GPU memory of decode_bench comes from nvidia-smi sampled every 50 ms (whole device, CUDA
+# context included); forge bench sft reports its own (device memory in use, sampled per step);
+# the PyTorch scripts report torch.cuda.max_memory_allocated.
 set -euo pipefail
 what=${1:?decode|nf4|sft}
 OUT=${OUT:-/tmp/out}
@@ -42,8 +43,10 @@ nf4)
   ;;
 sft)
   for quant in nf4 none; do
-    peak "$dev/sft_bench" --preset 4b --seq 1024,2048 --quant $quant --checkpointing 1 --steps 10 \
-      | tee -a "$OUT/forge_sft.jsonl"
+    for seq in 1024 2048; do
+      "$dev/forge" bench sft --preset 4b --seq $seq --quant $quant --grad-checkpointing \
+        --steps 10 --device cuda | tee -a "$OUT/forge_sft.jsonl"
+    done
   done
   if ls "$dev"/bitsandbytes-*.whl >/dev/null 2>&1; then
     pip install --no-index --no-deps --target /tmp/site "$dev"/bitsandbytes-*.whl >/dev/null

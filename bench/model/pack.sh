@@ -10,12 +10,12 @@ target=${CARGO_TARGET_DIR:-$root/target/cuda}
 # shellcheck disable=SC1091
 source "$cuda/env.sh"
 cd "$root"
-cargo build --release --features cuda --target-dir "$target" -p forge-stages --example decode_bench --example sft_bench --tests
+cargo build --release --features cuda --target-dir "$target" -p forge-stages --example decode_bench --tests
 cargo build --release --features cuda --target-dir "$target" --bin forge
 tests=$(ls -t "$target"/release/deps/forge_stages-* | grep -v '\.d$' | head -1)
 dev=$root/target/device
 rm -rf "$dev" && mkdir -p "$dev/bin"
-cp "$target/release/forge" "$target/release/examples/decode_bench" "$target/release/examples/sft_bench" "$dev/bin/"
+cp "$target/release/forge" "$target/release/examples/decode_bench" "$dev/bin/"
 cp "$tests" "$dev/bin/stages_tests"
 strip "$dev"/bin/*
 tar -C "$dev/bin" -cJf "$dev/bundle.tar.xz" .

@@ -19,15 +19,25 @@ use super::optim::AdamWConfig;
 use super::trainer::{Quant, TrainConfig, Trainer};
 use crate::data::synth::rng::Rng;
 use crate::model::decoder::Decoder;
+use crate::model::init::{Shape, random_decoder};
 use crate::model::linear::Proj;
 use crate::model::lora::LoraConfig;
-use crate::model::{ModelError, candle_device};
+use crate::model::{Arch, ModelError, candle_device};
+
+/// The model a benchmark trains.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    /// A Hugging Face model directory.
+    Dir(PathBuf),
+    /// A random-initialized Qwen3 of this preset or config.json, built in memory (speed and memory
+    /// do not depend on the weights; nothing to write or carry to the GPU machine).
+    Random(String),
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// A Hugging Face model directory (`forge model init --preset 4b` writes a random Qwen3-4B).
-    pub model: PathBuf,
+    pub model: BenchModel,
     /// Tokens per step (one row).
     pub seq: usize,
     /// Timed steps.
@@ -66,7 +76,13 @@ pub fn bench_sft(options: &BenchOptions) -> Result<BenchResult, ModelError> {
     }
     let device = candle_device(options.device)?;
     let mut memory = MemoryProbe::new(&device);
-    let decoder = Decoder::load(&options.model, options.dtype, &device)?;
+    let decoder = match &options.model {
+        BenchModel::Dir(dir) => Decoder::load(dir, options.dtype, &device)?,
+        BenchModel::Random(preset) => {
+            let config = Shape::parse(preset)?.config(Arch::Qwen3)?;
+            random_decoder(&config, 0, options.dtype, &device)?
+        }
+    };
     let vocab = decoder.config().vocab_size.min(151_000) as u64;
     let config = TrainConfig {
         quant: options.quant,
@@ -121,7 +137,7 @@ mod tests {
     #[test]
     fn the_benchmark_trains_and_reports_throughput() {
         let options = BenchOptions {
-            model: fixture("qwen3"),
+            model: BenchModel::Dir(fixture("qwen3")),
             seq: 24,
             steps: 3,
             warmup: 1,
