@@ -661,7 +661,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::model::ops::masked_mean_nll;
-    use crate::model::ops::tests::check_grad;
+    use crate::model::ops::tests::{check_grad, max_abs_diff};
 
     pub const ARCHS: [&str; 3] = ["qwen3", "qwen2", "llama"];
 
@@ -685,17 +685,6 @@ pub(crate) mod tests {
         t.to_dtype(DType::U32).unwrap()
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
-
     /// The worst error of the model's logits against transformers' over both golden inputs
     /// (padded positions excluded: their outputs are meaningless in both).
     fn golden_error(model: &Decoder, g: &HashMap<String, Tensor>) -> f64 {
@@ -704,7 +693,7 @@ pub(crate) mod tests {
         let logits = model
             .forward(&Batch::dense(&rows, 0, &Device::Cpu).unwrap(), None)
             .unwrap();
-        let single = max_abs(&logits, &g["logits"]);
+        let single = max_abs_diff(&logits, &g["logits"]);
         let batch = Batch {
             ids: ids_u32(&g["batch_ids"]),
             positions: ids_u32(&g["batch_positions"]),
@@ -724,7 +713,7 @@ pub(crate) mod tests {
             .unwrap()
             .broadcast_mul(&mask)
             .unwrap();
-        let batched = max_abs(&diff, &diff.zeros_like().unwrap());
+        let batched = max_abs_diff(&diff, &diff.zeros_like().unwrap());
         single.max(batched)
     }
 
@@ -760,7 +749,7 @@ pub(crate) mod tests {
                     .unwrap();
                 let start = if left { width - row.len() } else { 0 };
                 let part = logits.get(i).unwrap().narrow(0, start, row.len()).unwrap();
-                let err = max_abs(&part, &alone.get(0).unwrap());
+                let err = max_abs_diff(&part, &alone.get(0).unwrap());
                 assert!(err < 1e-5, "row {i} left={left}: {err}");
             }
         }
@@ -791,7 +780,7 @@ pub(crate) mod tests {
             {
                 // The saved weights are the model's, rounded to the half dtype.
                 let rounded = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
-                assert_eq!(max_abs(&rounded, h), 0.0, "{name}");
+                assert_eq!(max_abs_diff(&rounded, h), 0.0, "{name}");
             }
             // A half-precision forward stays near the f32 one (logits of magnitude ~4).
             let err = golden_error(&half, &g);
@@ -1029,7 +1018,7 @@ pub(crate) mod tests {
             assert_eq!(g2.get_ids().count(), params.len());
             for (name, t) in all {
                 let (a, b) = (g1.get(&t).unwrap(), g2.get(&t).unwrap());
-                let err = max_abs(a, b);
+                let err = max_abs_diff(a, b);
                 assert!(err < 1e-12, "{arch} {name}: {err}");
             }
         }
@@ -1096,13 +1085,13 @@ pub(crate) mod tests {
             let reference = Decoder::load(&fixture(arch), DType::F32, &cpu).unwrap();
             let batch = Batch::padded(&rows, 0, true, &cpu).unwrap();
             let want = masked(&reference.forward(&batch, None).unwrap(), &batch);
-            let scale = max_abs(&want, &want.zeros_like().unwrap());
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
             let want_tokens = generate(&reference, &rows, &options, &mut |_, _| {}).unwrap();
             for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::BF16, 3e-2 * scale)] {
                 let model = Decoder::load(&fixture(arch), dtype, &gpu).unwrap();
                 let batch = Batch::padded(&rows, 0, true, &gpu).unwrap();
                 let got = masked(&model.forward(&batch, None).unwrap(), &batch);
-                let err = max_abs(&got, &want);
+                let err = max_abs_diff(&got, &want);
                 println!(
                     "{arch} {dtype:?} on CUDA: max abs logit error {err:.2e} (logits up to {scale:.2})"
                 );
@@ -1173,7 +1162,9 @@ pub(crate) mod tests {
             let worst = want
                 .iter()
                 .zip(&got)
-                .map(|(w, g)| max_abs(w, g) / max_abs(w, &w.zeros_like().unwrap()).max(1e-12))
+                .map(|(w, g)| {
+                    max_abs_diff(w, g) / max_abs_diff(w, &w.zeros_like().unwrap()).max(1e-12)
+                })
                 .fold(0.0, f64::max);
             println!(
                 "{arch}: LoRA and token-row gradients on CUDA, worst relative error {worst:.2e}"

@@ -386,19 +386,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::model::ops::tests::{check_grad, randn};
+    use crate::model::ops::tests::{check_grad, max_abs_diff, randn};
     use crate::model::ops::{apply_mask, rms_norm_composed, softmax_composed};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Checks op `f` against `reference` (the composed form) in value and gradient, and against
     /// finite differences, for the inputs `vars`; `probe` weights the outputs.
@@ -410,9 +399,9 @@ mod tests {
     ) {
         let (y, r) = (f(), reference());
         assert!(
-            max_diff(&y, &r) < 1e-12,
+            max_abs_diff(&y, &r) < 1e-12,
             "value differs by {}",
-            max_diff(&y, &r)
+            max_abs_diff(&y, &r)
         );
         let loss = |t: Tensor| (t * probe).unwrap().sum_all().unwrap();
         let (gy, gr) = (loss(y).backward().unwrap(), loss(r).backward().unwrap());
@@ -423,9 +412,9 @@ mod tests {
                 gr.get(v.as_tensor()).unwrap(),
             );
             assert!(
-                max_diff(a, b) < 1e-12,
+                max_abs_diff(a, b) < 1e-12,
                 "gradient differs by {}",
-                max_diff(a, b)
+                max_abs_diff(a, b)
             );
             let coords: Vec<usize> = (0..v.elem_count()).step_by(3).collect();
             let worst = check_grad(v, a, &coords, 1e-5, 1e-4, &scalar);
@@ -520,7 +509,11 @@ mod tests {
             assert_eq!(a.dtype(), dtype);
             let b = rms_norm_composed(&x, &w, 1e-6).unwrap();
             let tol = if dtype == DType::F32 { 1e-5 } else { 5e-2 };
-            assert!(max_diff(&a, &b) < tol, "{dtype:?}: {}", max_diff(&a, &b));
+            assert!(
+                max_abs_diff(&a, &b) < tol,
+                "{dtype:?}: {}",
+                max_abs_diff(&a, &b)
+            );
         }
     }
 }

@@ -351,19 +351,9 @@ mod tests {
     use candle_core::Var;
 
     use super::*;
+    use crate::model::ops::tests::max_abs_diff;
     use crate::model::ops::tests::{check_grad, randn};
     use crate::model::ops::token_nll_composed;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// The reference: logits through candle ops, rows added as [`TokenRows`] does, composed NLL.
     fn composed(h: &Tensor, w: &Tensor, rows: &TokenRows, targets: &Tensor) -> Tensor {
@@ -387,14 +377,14 @@ mod tests {
         let probe = randn(&[n], 4);
         let fused = || token_nll(h.as_tensor(), &w, Some(&rows), &targets).unwrap();
         let reference = || composed(h.as_tensor(), &w, &rows, &targets);
-        assert!(max_diff(&fused(), &reference()) < 1e-12);
+        assert!(max_abs_diff(&fused(), &reference()) < 1e-12);
         let loss = |t: Tensor| (t * &probe).unwrap().sum_all().unwrap();
         let (gf, gr) = (
             loss(fused()).backward().unwrap(),
             loss(reference()).backward().unwrap(),
         );
         for v in [h.as_tensor(), rows.delta().as_tensor()] {
-            let err = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
+            let err = max_abs_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             assert!(err < 1e-12, "gradient differs by {err}");
         }
         let f = || loss(fused()).to_scalar::<f64>().unwrap();
@@ -439,7 +429,11 @@ mod tests {
             } else {
                 token_nll_composed(&matmul_t(h.as_tensor(), &w).unwrap(), &targets).unwrap()
             };
-            assert!(max_diff(&nll, &want) < 1e-4, "{}", max_diff(&nll, &want));
+            assert!(
+                max_abs_diff(&nll, &want) < 1e-4,
+                "{}",
+                max_abs_diff(&nll, &want)
+            );
             let g = nll.sum_all().unwrap().backward().unwrap();
             let want_g = want.sum_all().unwrap().backward().unwrap();
             let mut vars = vec![h.as_tensor()];
@@ -449,16 +443,16 @@ mod tests {
             for v in vars {
                 let (a, b) = (g.get(v).unwrap(), want_g.get(v).unwrap());
                 assert!(
-                    max_diff(a, b) < 1e-4,
+                    max_abs_diff(a, b) < 1e-4,
                     "rows {with_rows}: {}",
-                    max_diff(a, b)
+                    max_abs_diff(a, b)
                 );
             }
         }
         // With nothing to differentiate, the same losses (no gradient prepared).
         let plain = token_nll(&h.as_tensor().detach(), &w, None, &targets).unwrap();
         let tracked = token_nll(h.as_tensor(), &w, None, &targets).unwrap();
-        assert_eq!(max_diff(&plain, &tracked), 0.0);
+        assert_eq!(max_abs_diff(&plain, &tracked), 0.0);
     }
 
     #[test]

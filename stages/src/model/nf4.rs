@@ -726,6 +726,7 @@ mod tests {
 
     use super::*;
     use crate::model::decoder::tests::fixture;
+    use crate::model::ops::tests::max_abs_diff;
     use crate::model::ops::tests::{check_grad, randn};
     use crate::model::{Batch, LinearWeight};
 
@@ -763,17 +764,6 @@ mod tests {
             .flatten_all()
             .unwrap()
             .to_vec1()
-            .unwrap()
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
             .unwrap()
     }
 
@@ -932,8 +922,8 @@ mod tests {
 
             // Quantized here from the input: the same, or off by the offset's last bit.
             let ours = Nf4Weight::quantize(input).unwrap().dense().unwrap();
-            let scale = max_abs(input, &input.zeros_like().unwrap());
-            let err = max_abs(&ours, want) / scale;
+            let scale = max_abs_diff(input, &input.zeros_like().unwrap());
+            let err = max_abs_diff(&ours, want) / scale;
             println!("{case}: quantized here vs bitsandbytes, max |Δ| / max |w| = {err:e}");
             let exact = ulps(Nf4Weight::quantize(input).unwrap().offset, state.offset) == 0;
             if exact {
@@ -966,7 +956,9 @@ mod tests {
             let x = Tensor::ones((3, input.dim(1).unwrap()), input.dtype(), &gpu).unwrap();
             let y = on_gpu.forward(&x).unwrap().to_device(&Device::Cpu).unwrap();
             let want = cpu.forward(&x.to_device(&Device::Cpu).unwrap()).unwrap();
-            assert!(max_abs(&y, &want) <= 1e-2 * max_abs(&want, &want.zeros_like().unwrap()));
+            assert!(
+                max_abs_diff(&y, &want) <= 1e-2 * max_abs_diff(&want, &want.zeros_like().unwrap())
+            );
         }
 
         let (rows, cols) = (9728, 2560);
@@ -1090,7 +1082,7 @@ mod tests {
         let grads = loss(y).backward().unwrap();
         let reference = loss(r).backward().unwrap();
         let g = grads.get(x.as_tensor()).unwrap();
-        assert!(max_abs(g, reference.get(x.as_tensor()).unwrap()) < 1e-12);
+        assert!(max_abs_diff(g, reference.get(x.as_tensor()).unwrap()) < 1e-12);
         // x's and the probe's: no weight-sized gradient is computed or kept.
         assert_eq!(grads.get_ids().count(), 2);
         let f = || loss(nf4()).to_scalar::<f64>().unwrap();
@@ -1131,7 +1123,7 @@ mod tests {
             let (a, b) = (a.weight().dense().unwrap(), b.weight().dense().unwrap());
             dense_bytes += a.elem_count() * 4;
             nf4_bytes += footprint(a.dims2().unwrap());
-            let rel = max_abs(&a, &b) / max_abs(&a, &a.zeros_like().unwrap());
+            let rel = max_abs_diff(&a, &b) / max_abs_diff(&a, &a.zeros_like().unwrap());
             weight_err = weight_err.max(rel);
         }
         // The NF4 model computes exactly the dense model whose projections are the dequantized
@@ -1195,7 +1187,7 @@ mod tests {
              logits: relative RMS change {logits_rms:.4}, max |Δ| {:.4}; argmax agreement \
              {agree:.3}",
             dense_bytes as f64 / nf4_bytes as f64,
-            max_abs(&l0, &l1),
+            max_abs_diff(&l0, &l1),
         );
         // Neighbouring NF4 codes are at most 0.277 apart: an error of at most 0.139·absmax, plus
         // the double-quantized absmax's own (≤ half a step of the dynamic map near 1, 0.0035).

@@ -157,6 +157,18 @@ pub(crate) mod tests {
         worst
     }
 
+    /// The largest absolute difference of two same-shaped tensors, computed in f64.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     /// Values in [-1, 1), f64, from a seed.
     pub fn randn(shape: &[usize], seed: u64) -> Tensor {
         let mut rng = crate::data::synth::rng::Rng::new(seed);

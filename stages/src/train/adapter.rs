@@ -801,6 +801,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::Batch;
     use crate::model::decoder::tests::fixture;
+    use crate::model::ops::tests::max_abs_diff;
 
     /// `stages/fixtures/adapter`: adapters forge and PEFT wrote, and PEFT's logits with each.
     fn fixtures() -> PathBuf {
@@ -879,17 +880,6 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
@@ -939,12 +929,15 @@ pub(crate) mod tests {
                     values(&g.merged_rows(weight).unwrap()),
                     "{arch}"
                 );
-                assert!(max_abs(w.delta(), g.delta()) < 1e-6, "{arch}");
+                assert!(max_abs_diff(w.delta(), g.delta()) < 1e-6, "{arch}");
             }
             let ids = Tensor::new(&[[3u32, 77, 5, 127, 100, 1, 77]], &Device::Cpu).unwrap();
             let (before, after) = (logits(&trained_model, &ids), logits(&loaded_model, &ids));
-            assert!(max_abs(&before, &after) < 1e-5, "{arch}");
-            assert!(max_abs(&before, &logits(&base(arch), &ids)) > 0.1, "{arch}");
+            assert!(max_abs_diff(&before, &after) < 1e-5, "{arch}");
+            assert!(
+                max_abs_diff(&before, &logits(&base(arch), &ids)) > 0.1,
+                "{arch}"
+            );
         }
     }
 
@@ -992,11 +985,11 @@ pub(crate) mod tests {
         ] {
             let mut model = base(arch);
             let base_logits = logits(&model, ids);
-            assert!(max_abs(&base_logits, &golden[&format!("base-{arch}")]) < 1e-4);
+            assert!(max_abs_diff(&base_logits, &golden[&format!("base-{arch}")]) < 1e-4);
             let adapter = load(&fixtures().join(name), &mut model).unwrap();
             let got = logits(&model, ids);
-            let err = max_abs(&got, &golden[name]);
-            let moved = max_abs(&base_logits, &golden[name]);
+            let err = max_abs_diff(&got, &golden[name]);
+            let moved = max_abs_diff(&base_logits, &golden[name]);
             eprintln!("{name}: max |forge - PEFT| = {err:e}, max |PEFT - base| = {moved}");
             assert!(err < 1e-4, "{name}: forge differs from PEFT by {err}");
             assert!(moved > 0.1, "{name}: the adapter barely moves the logits");

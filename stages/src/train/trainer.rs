@@ -233,6 +233,7 @@ pub(crate) mod tests {
     use crate::model::Batch;
     use crate::model::decoder::tests::fixture;
     use crate::model::linear::Proj;
+    use crate::model::ops::tests::max_abs_diff;
 
     /// The qwen3 fixture (hidden 32, vocab 128) with every projection adapted and two token rows.
     pub fn config() -> TrainConfig {
@@ -279,17 +280,6 @@ pub(crate) mod tests {
         MicroBatch::new(&refs, 0, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn fresh_adapters_leave_the_model_as_it_was() {
         let base = fixture_model();
@@ -300,7 +290,7 @@ pub(crate) mod tests {
         assert_eq!(trainer.names.len(), 29);
         assert_eq!(trainer.names[28], "model.embed_tokens.delta");
         let got = trainer.decoder.forward(&batch, None).unwrap();
-        assert_eq!(max_diff(&got, &want), 0.0);
+        assert_eq!(max_abs_diff(&got, &want), 0.0);
     }
 
     #[test]
@@ -327,9 +317,9 @@ pub(crate) mod tests {
                 .unwrap();
             nonzero += usize::from(scale > 0.0);
             assert!(
-                max_diff(x, y) <= 1e-5 * scale.max(1e-6),
+                max_abs_diff(x, y) <= 1e-5 * f64::from(scale.max(1e-6)),
                 "{name}: {} of {scale}",
-                max_diff(x, y)
+                max_abs_diff(x, y)
             );
         }
         assert!(nonzero > 14, "B and the row delta get gradients: {nonzero}");
@@ -391,8 +381,8 @@ pub(crate) mod tests {
         let base = fixture_model();
         for ((id, q), (_, b)) in qlora.decoder.linears().zip(base.linears()) {
             let dense = b.weight().dense().unwrap();
-            let err = max_diff(&q.weight().dense().unwrap(), &dense);
-            let scale = max_diff(&dense, &dense.zeros_like().unwrap());
+            let err = max_abs_diff(&q.weight().dense().unwrap(), &dense);
+            let scale = max_abs_diff(&dense, &dense.zeros_like().unwrap());
             // NF4's widest gap between codes is under a third of a block's absmax.
             assert!(
                 err > 0.0 && err < 0.2 * scale,
