@@ -105,11 +105,6 @@ impl Lora {
             .store(step.unwrap_or(NOT_TRAINING), Ordering::Relaxed);
     }
 
-    /// The dense update `scale · B·A` `[out, in]` (what a merge adds to the base weight).
-    pub fn delta_weight(&self) -> Result<Tensor> {
-        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
-    }
-
     fn dropout(&self, x: &Tensor) -> Result<Tensor> {
         let step = self.step.load(Ordering::Relaxed);
         if self.dropout == 0.0 || step == NOT_TRAINING {
@@ -287,7 +282,8 @@ mod tests {
             .reshape((2, 5))
             .unwrap();
         let y = lora.forward(&x).unwrap();
-        let dense = matmul_t(&x, &lora.delta_weight().unwrap()).unwrap();
+        let delta = (lora.b().matmul(lora.a()).unwrap() * lora.scale()).unwrap();
+        let dense = matmul_t(&x, &delta).unwrap();
         let diff = (&y - dense).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         let grads = y.sum_all().unwrap().backward().unwrap();
