@@ -38,26 +38,35 @@ pub fn attention_mask(
         .flat_map(|i| (0..s).map(move |j| u8::from(j <= past + i)))
         .collect();
     let causal = Tensor::from_vec(causal, (1, t, s), device)?;
-    let keys = match (past_valid, valid) {
-        (None, None) => None,
-        (p, v) => {
-            let ones = |n| Tensor::ones((batch, n), DType::U8, device);
-            let p = match p {
-                Some(p) => p.clone(),
-                None => ones(past)?,
-            };
-            let v = match v {
-                Some(v) => v.clone(),
-                None => ones(t)?,
-            };
-            Some(Tensor::cat(&[&p, &v], 1)?)
-        }
-    };
-    let mask = match keys {
+    let mask = match joined_valid(batch, past, past_valid, t, valid, device)? {
         None => causal.broadcast_as((batch, t, s))?.contiguous()?,
         Some(k) => causal.broadcast_mul(&k.unsqueeze(1)?)?,
     };
     mask.unsqueeze(1)
+}
+
+/// Which of `past` cached and `t` new slots are real tokens, `[B, past + t]` u8 (`None` = all).
+/// A part with no slots is left out: CUDA cannot allocate an empty tensor.
+fn joined_valid(
+    batch: usize,
+    past: usize,
+    past_valid: Option<&Tensor>,
+    t: usize,
+    valid: Option<&Tensor>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if past_valid.is_none() && valid.is_none() {
+        return Ok(None);
+    }
+    let mut parts = Vec::with_capacity(2);
+    for (n, part) in [(past, past_valid), (t, valid)] {
+        match part {
+            Some(part) => parts.push(part.clone()),
+            None if n > 0 => parts.push(Tensor::ones((batch, n), DType::U8, device)?),
+            None => {}
+        }
+    }
+    Ok(Some(Tensor::cat(&parts, 1)?))
 }
 
 /// The keys and values a layer has seen, in buffers `[B, kv_heads, capacity, head_dim]` of which
@@ -153,20 +162,7 @@ impl KvCache {
         valid: Option<&Tensor>,
         device: &Device,
     ) -> Result<()> {
-        self.valid = match (&self.valid, valid) {
-            (None, None) => None,
-            (p, v) => {
-                let p = match p {
-                    Some(p) => p.clone(),
-                    None => Tensor::ones((batch, self.len), DType::U8, device)?,
-                };
-                let v = match v {
-                    Some(v) => v.clone(),
-                    None => Tensor::ones((batch, t), DType::U8, device)?,
-                };
-                Some(Tensor::cat(&[&p, &v], 1)?)
-            }
-        };
+        self.valid = joined_valid(batch, self.len, self.valid.as_ref(), t, valid, device)?;
         self.len += t;
         Ok(())
     }
@@ -249,11 +245,8 @@ impl Attention {
         let groups = h / kvh;
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, kvh, groups * t, d))?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .affine(scale, 0.0)?
-            .reshape((b, h, t, s))?;
-        let probs = masked_softmax(&scores, ctx.mask.as_ref(), fused)?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+        let probs = masked_softmax(&scores, ctx.mask.as_ref(), scale, fused)?;
         let out = probs
             .reshape((b, kvh, groups * t, s))?
             .matmul(&v)?
