@@ -11,10 +11,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use forge_stages::model::generate::{GenerateOptions, generate};
 use forge_stages::model::init::{Shape, random_decoder};
-use forge_stages::model::{Arch, ModelError};
+use forge_stages::model::{Arch, ModelError, candle_device};
 
 struct Args {
     preset: String,
@@ -64,8 +64,8 @@ fn parse() -> Result<Args, String> {
 
 fn run(a: &Args) -> Result<(), ModelError> {
     let device = match a.device.as_str() {
-        "cpu" => Device::Cpu,
-        _ => Device::new_cuda(0)?,
+        "cpu" => candle_device(forge_stages::Device::Cpu)?,
+        _ => candle_device(forge_stages::Device::Cuda(0))?,
     };
     let config = Shape::parse(&a.preset)?.config(Arch::Qwen3)?;
     let started = Instant::now();

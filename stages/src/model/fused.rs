@@ -154,16 +154,25 @@ impl CustomOp2 for RmsNorm {
 // ---------------------------------------------------------------------------------------------
 // Masked softmax
 
-/// Softmax over the last dim of `scores` `[B, H, T, S]` where `mask` `[B, 1, T, S]` (u8) is 1; a
-/// masked score counts as the dtype's lowest value (a row with no visible key becomes uniform,
-/// not NaN). The gradient reaches unmasked scores only.
-pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// Softmax over the last dim of `scores · scale` `[B, H, T, S]` where `mask` `[B or 1, 1, T, S]`
+/// (u8) is 1; a masked score counts as the dtype's lowest value (a row with no visible key becomes
+/// uniform, not NaN). The gradient reaches unmasked scores only. On CUDA both directions are one
+/// kernel each (`kernels/softmax.cu`) that reads and writes the scores in their own dtype.
+pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let op = MaskedSoftmax {
         scores: scores.detach(),
         mask: mask.cloned(),
+        scale,
     };
+    if scores.device().is_cuda() {
+        let scores = scores.contiguous()?;
+        return match scores.track_op() {
+            true => scores.apply_op1(op),
+            false => scores.apply_op1_no_bwd(&op),
+        };
+    }
     if !scores.track_op() {
-        return op.forward();
+        return op.composed();
     }
     scores.apply_op1(op)
 }
@@ -171,16 +180,17 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> 
 struct MaskedSoftmax {
     scores: Tensor,
     mask: Option<Tensor>,
+    scale: f64,
 }
 
 impl MaskedSoftmax {
-    fn forward(&self) -> Result<Tensor> {
+    /// candle's kernels on the upcast, scaled and masked scores (the CPU path).
+    fn composed(&self) -> Result<Tensor> {
         let dtype = self.scores.dtype();
-        if self.mask.is_none() && self.scores.device().is_cuda() {
-            // The CUDA kernel accumulates half-precision rows in f32 already.
-            return candle_nn::ops::softmax_last_dim(&self.scores.contiguous()?);
-        }
-        let up = self.scores.to_dtype(compute_dtype(dtype))?;
+        let up = self
+            .scores
+            .to_dtype(compute_dtype(dtype))?
+            .affine(self.scale, 0.0)?;
         let up = match &self.mask {
             Some(mask) => super::ops::apply_mask(&up, mask)?,
             None => up,
@@ -194,18 +204,30 @@ impl CustomOp1 for MaskedSoftmax {
         "masked-softmax"
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        on_cpu(self.forward())
+        on_cpu(self.composed())
     }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        on_cuda(self.forward())
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, scores: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda::softmax_fwd(scores, layout, self.mask.as_ref(), self.scale)
     }
 
-    /// `dx = y·(g − Σ g·y)`, zero where masked.
+    /// `dx = scale · y·(g − Σ g·y)`, zero where masked.
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if y.device().is_cuda() {
+            let backward = MaskedSoftmaxBackward {
+                mask: self.mask.clone(),
+                scale: self.scale,
+            };
+            return y
+                .contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &backward)
+                .map(Some);
+        }
         let up = compute_dtype(x.dtype());
         let (yu, gu) = (y.to_dtype(up)?, grad.to_dtype(up)?);
         let dot = sum_last(&(&gu * &yu)?)?;
-        let dx = (yu * gu.broadcast_sub(&dot)?)?;
+        let dx = (yu * gu.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?;
         let dx = match &self.mask {
             Some(mask) => mask
                 .broadcast_as(dx.shape())?
@@ -213,6 +235,263 @@ impl CustomOp1 for MaskedSoftmax {
             None => dx,
         };
         Ok(Some(dx.to_dtype(x.dtype())?))
+    }
+}
+
+/// The CUDA backward of [`MaskedSoftmax`]: `(y, g) → dx`.
+#[cfg(feature = "cuda")]
+struct MaskedSoftmaxBackward {
+    mask: Option<Tensor>,
+    scale: f64,
+}
+
+#[cfg(feature = "cuda")]
+impl CustomOp2 for MaskedSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "masked-softmax-backward"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("masked-softmax-backward runs on CUDA only")
+    }
+    fn cuda_fwd(
+        &self,
+        y: &CudaStorage,
+        y_layout: &Layout,
+        g: &CudaStorage,
+        g_layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        cuda::softmax_bwd(y, y_layout, g, g_layout, self.mask.as_ref(), self.scale)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+    use half::{bf16, f16};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx"));
+
+    /// The shape facts the kernels take: `(rows, cols, rows_per_batch, t, mask_batches)`.
+    fn geometry(layout: &Layout, mask: Option<&Tensor>) -> Result<(usize, i32, i32, i32, i32)> {
+        let (b, h, t, s) = layout.shape().dims4()?;
+        if !layout.is_contiguous() {
+            candle_core::bail!("masked softmax: the scores must be contiguous");
+        }
+        let mask_batches = match mask {
+            None => 1,
+            Some(m) => {
+                let (mb, one, mt, ms) = m.dims4()?;
+                if m.dtype() != DType::U8 || one != 1 || mt != t || ms != s || (mb != 1 && mb != b)
+                {
+                    candle_core::bail!(
+                        "masked softmax: a mask {:?} {:?} for scores {:?}",
+                        m.dtype(),
+                        m.dims(),
+                        layout.dims()
+                    );
+                }
+                mb
+            }
+        };
+        Ok((
+            b * h * t,
+            s as i32,
+            (h * t) as i32,
+            t as i32,
+            mask_batches as i32,
+        ))
+    }
+
+    /// Runs `launch` with the mask's slice (or, without a mask, any u8-typed stand-in the kernel
+    /// never reads) and whether there is one.
+    fn with_mask<R>(
+        mask: Option<&Tensor>,
+        dev: &candle_core::CudaDevice,
+        launch: impl FnOnce(&CudaView<'_, u8>, i32) -> Result<R>,
+    ) -> Result<R> {
+        match mask {
+            Some(m) => {
+                let m = m.contiguous()?;
+                let (storage, layout) = m.storage_and_layout();
+                let Storage::Cuda(storage) = &*storage else {
+                    candle_core::bail!("masked softmax: the mask is not on the GPU");
+                };
+                let slice = storage.as_cuda_slice::<u8>()?;
+                let (start, end) = layout.contiguous_offsets().expect("contiguous");
+                launch(&slice.slice(start..end), 1)
+            }
+            None => launch(&dev.alloc_zeros::<u8>(1)?.slice(..), 0),
+        }
+    }
+
+    fn view<'a, T: candle_core::cuda_backend::CudaDType>(
+        s: &'a CudaStorage,
+        layout: &Layout,
+    ) -> Result<CudaView<'a, T>> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("masked softmax: not contiguous".into()))?;
+        Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+    }
+
+    pub(super) fn softmax_fwd(
+        scores: &CudaStorage,
+        layout: &Layout,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = scores.device().clone();
+        let (rows, cols, per_batch, t, mask_batches) = geometry(layout, mask)?;
+        fn run<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+            kernel: &str,
+            dev: &candle_core::CudaDevice,
+            x: &CudaStorage,
+            layout: &Layout,
+            mask: Option<&Tensor>,
+            args: (usize, i32, i32, i32, i32, f32),
+        ) -> Result<CudaSlice<T>> {
+            let (rows, cols, per_batch, t, mask_batches, scale) = args;
+            let x = view::<T>(x, layout)?;
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<T>(rows * cols as usize)? };
+            let func = dev.get_or_load_custom_func(kernel, "forge_softmax", PTX)?;
+            with_mask(mask, dev, |m, has_mask| {
+                let mut b = func.builder();
+                b.arg(&x)
+                    .arg(m)
+                    .arg(&has_mask)
+                    .arg(&y)
+                    .arg(&cols)
+                    .arg(&per_batch);
+                b.arg(&t).arg(&mask_batches).arg(&scale);
+                // SAFETY: arguments match `masked_softmax_fwd_*` in kernels/softmax.cu.
+                unsafe { b.launch(config(rows)) }.w()?;
+                Ok(())
+            })?;
+            Ok(y)
+        }
+        let args = (rows, cols, per_batch, t, mask_batches, scale as f32);
+        let y = match scores.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(
+                run::<f32>("masked_softmax_fwd_f32", &dev, scores, layout, mask, args)?,
+                dev.clone(),
+            ),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(
+                run::<bf16>("masked_softmax_fwd_bf16", &dev, scores, layout, mask, args)?,
+                dev.clone(),
+            ),
+            DType::F16 => CudaStorage::wrap_cuda_slice(
+                run::<f16>("masked_softmax_fwd_f16", &dev, scores, layout, mask, args)?,
+                dev.clone(),
+            ),
+            other => candle_core::bail!("masked softmax of {other:?} scores"),
+        };
+        Ok((y, layout.shape().clone()))
+    }
+
+    pub(super) fn softmax_bwd(
+        y: &CudaStorage,
+        y_layout: &Layout,
+        g: &CudaStorage,
+        g_layout: &Layout,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = y.device().clone();
+        if y_layout.shape() != g_layout.shape() {
+            candle_core::bail!("masked softmax backward: y and its gradient differ in shape");
+        }
+        let (rows, cols, per_batch, t, mask_batches) = geometry(y_layout, mask)?;
+        #[allow(clippy::too_many_arguments)]
+        fn run<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+            kernel: &str,
+            dev: &candle_core::CudaDevice,
+            y: &CudaStorage,
+            y_layout: &Layout,
+            g: &CudaStorage,
+            g_layout: &Layout,
+            mask: Option<&Tensor>,
+            args: (usize, i32, i32, i32, i32, f32),
+        ) -> Result<CudaSlice<T>> {
+            let (rows, cols, per_batch, t, mask_batches, scale) = args;
+            let (y, g) = (view::<T>(y, y_layout)?, view::<T>(g, g_layout)?);
+            // SAFETY: the kernel writes every element.
+            let dx = unsafe { dev.alloc::<T>(rows * cols as usize)? };
+            let func = dev.get_or_load_custom_func(kernel, "forge_softmax", PTX)?;
+            with_mask(mask, dev, |m, has_mask| {
+                let mut b = func.builder();
+                b.arg(&y).arg(&g).arg(m).arg(&has_mask).arg(&dx).arg(&cols);
+                b.arg(&per_batch).arg(&t).arg(&mask_batches).arg(&scale);
+                // SAFETY: arguments match `masked_softmax_bwd_*` in kernels/softmax.cu.
+                unsafe { b.launch(config(rows)) }.w()?;
+                Ok(())
+            })?;
+            Ok(dx)
+        }
+        let args = (rows, cols, per_batch, t, mask_batches, scale as f32);
+        let dx = match y.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(
+                run::<f32>(
+                    "masked_softmax_bwd_f32",
+                    &dev,
+                    y,
+                    y_layout,
+                    g,
+                    g_layout,
+                    mask,
+                    args,
+                )?,
+                dev.clone(),
+            ),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(
+                run::<bf16>(
+                    "masked_softmax_bwd_bf16",
+                    &dev,
+                    y,
+                    y_layout,
+                    g,
+                    g_layout,
+                    mask,
+                    args,
+                )?,
+                dev.clone(),
+            ),
+            DType::F16 => CudaStorage::wrap_cuda_slice(
+                run::<f16>(
+                    "masked_softmax_bwd_f16",
+                    &dev,
+                    y,
+                    y_layout,
+                    g,
+                    g_layout,
+                    mask,
+                    args,
+                )?,
+                dev.clone(),
+            ),
+            other => candle_core::bail!("masked softmax backward of {other:?}"),
+        };
+        Ok((dx, y_layout.shape().clone()))
+    }
+
+    /// One block of 256 threads per row.
+    fn config(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }
 
@@ -459,13 +738,71 @@ mod tests {
         let probe = randn(&[2, 2, 3, 4], 5);
         check(
             &[&s],
-            &|| masked_softmax(s.as_tensor(), Some(&mask)).unwrap(),
-            &|| softmax_composed(&apply_mask(s.as_tensor(), &mask).unwrap()).unwrap(),
+            &|| masked_softmax(s.as_tensor(), Some(&mask), 0.7).unwrap(),
+            &|| {
+                let scaled = (s.as_tensor() * 0.7).unwrap();
+                softmax_composed(&apply_mask(&scaled, &mask).unwrap()).unwrap()
+            },
             &probe,
         );
-        let y = masked_softmax(s.as_tensor(), Some(&mask)).unwrap();
+        let y = masked_softmax(s.as_tensor(), Some(&mask), 0.7).unwrap();
         let uniform = y.get(1).unwrap().get(0).unwrap().get(0).unwrap();
         assert_eq!(uniform.to_vec1::<f64>().unwrap(), [0.25; 4]);
+    }
+
+    /// The device check of `kernels/softmax.cu`: values and gradients as on the CPU, for every
+    /// mask shape, rows longer than a block, rows that see nothing, in f32 and bf16.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn masked_softmax_on_cuda_matches_the_cpu() {
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        let (b, h, t, s) = (2, 3, 5, 700);
+        let scores = (randn(&[b, h, t, s], 12) * 4.0).unwrap();
+        let probe = randn(&[b, h, t, s], 13);
+        let keys: Vec<u8> = (0..b * t * s)
+            .map(|i| u8::from(i % 7 != 3 && (i / s) % t <= i % s / 100))
+            .collect();
+        let per_batch = Tensor::from_vec(keys, (b, 1, t, s), &Device::Cpu).unwrap();
+        // Query 0 of batch 1 sees no key at all.
+        let per_batch = per_batch
+            .slice_assign(
+                &[1..2, 0..1, 0..1, 0..s],
+                &Tensor::zeros((1, 1, 1, s), DType::U8, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let shared = per_batch.narrow(0, 0, 1).unwrap();
+        for mask in [Some(&per_batch), Some(&shared), None] {
+            for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, 2e-2)] {
+                let run = |dev: &Device| {
+                    let x =
+                        Var::from_tensor(&scores.to_dtype(dtype).unwrap().to_device(dev).unwrap())
+                            .unwrap();
+                    let m = mask.map(|m| m.to_device(dev).unwrap());
+                    let y = masked_softmax(x.as_tensor(), m.as_ref(), 0.3).unwrap();
+                    let p = probe.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+                    let grads = (&y * p).unwrap().sum_all().unwrap().backward().unwrap();
+                    let dx = grads.get(x.as_tensor()).unwrap().clone();
+                    let cpu = |t: &Tensor| {
+                        t.to_device(&Device::Cpu)
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                    };
+                    (cpu(&y), cpu(&dx))
+                };
+                let (want_y, want_dx) = run(&Device::Cpu);
+                let (got_y, got_dx) = run(&gpu);
+                let (ey, edx) = (
+                    max_abs_diff(&got_y, &want_y),
+                    max_abs_diff(&got_dx, &want_dx),
+                );
+                println!(
+                    "mask {:?} {dtype:?}: probs differ by {ey:.1e}, gradients by {edx:.1e}",
+                    mask.map(|m| m.dims().to_vec())
+                );
+                assert!(ey < tol && edx < tol, "{dtype:?}: {ey} {edx}");
+            }
+        }
     }
 
     #[test]

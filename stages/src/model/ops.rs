@@ -37,14 +37,19 @@ pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor
     normed.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
-/// Softmax over the last dim of attention scores `[B, H, T, S]`, where `mask` `[B, 1, T, S]`
-/// (u8) allows.
-pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, fused: bool) -> Result<Tensor> {
+/// Softmax over the last dim of attention scores `[B, H, T, S]` times `scale`, where `mask`
+/// `[B, 1, T, S]` (u8) allows.
+pub fn masked_softmax(
+    scores: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    fused: bool,
+) -> Result<Tensor> {
     if fused {
-        return fused::masked_softmax(scores, mask);
+        return fused::masked_softmax(scores, mask, scale);
     }
     let dtype = scores.dtype();
-    let up = scores.to_dtype(compute_dtype(dtype))?;
+    let up = scores.affine(scale, 0.0)?.to_dtype(compute_dtype(dtype))?;
     let up = match mask {
         Some(mask) => apply_mask(&up, mask)?,
         None => up,

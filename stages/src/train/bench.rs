@@ -99,6 +99,9 @@ pub fn bench_sft(options: &BenchOptions) -> Result<BenchResult, ModelError> {
         seed: 0,
     };
     let mut trainer = Trainer::new(decoder, &config)?;
+    // The pool gives the dense weights that quantization replaced back at a synchronization only:
+    // without one they would count as the first step's memory.
+    device.synchronize()?;
     // One row of seq + 1 ids feeds `seq` tokens; the second half's next tokens are learned.
     let mut rng = Rng::new(0);
     let ids: Vec<u32> = (0..=options.seq)
