@@ -18,6 +18,7 @@ rm -rf "$dev" && mkdir -p "$dev/bin"
 cp "$target/release/forge" "$target/release/examples/decode_bench" "$dev/bin/"
 cp "$tests" "$dev/bin/stages_tests"
 strip "$dev"/bin/*
+bash "$root/bench/profile/build.sh" "$dev/bin" "$cuda"
 tar -C "$dev/bin" -cJf "$dev/bundle.tar.xz" .
 rm -rf "$dev/bin"
 cp "$baselines"/torch_*_baseline.py "$dev/"
