@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds forge and the model benchmarks with CUDA (the toolchain of ../shared/cuda, see DESIGN.md)
-# and packs them, with the PyTorch baselines, into target/device/ for the GPU machine, where
+# into target/device/ and the PyTorch baselines with the bitsandbytes wheel into target/baselines/
+# (each under the device's 64 MiB carry; carry one per call) for the GPU machine, where
 # bench/model/device.sh runs them. Usage: bash bench/model/pack.sh [CUDA_PREFIX] [BASELINES_DIR]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,8 +22,10 @@ strip "$dev"/bin/*
 bash "$root/bench/profile/build.sh" "$dev/bin" "$cuda"
 tar -C "$dev/bin" -cJf "$dev/bundle.tar.xz" .
 rm -rf "$dev/bin"
-cp "$baselines"/torch_*_baseline.py "$dev/"
-# bitsandbytes is not on the device image: its wheel travels with the bundle.
+base=$root/target/baselines
+rm -rf "$base" && mkdir -p "$base"
+cp "$baselines"/torch_*_baseline.py "$base/"
+# bitsandbytes is not on the device image: its wheel travels with the baselines.
 pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-  --platform manylinux_2_24_x86_64 --dest "$dev" bitsandbytes==0.50.2
-ls -la "$dev"
+  --platform manylinux_2_24_x86_64 --dest "$base" bitsandbytes==0.50.2
+ls -la "$dev" "$base"
