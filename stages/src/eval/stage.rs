@@ -23,10 +23,13 @@ use crate::data::format::{load_template, load_tokenizer};
 use crate::data::io::{self, JsonlWriter};
 use crate::data::schema::{Conversation, Role};
 use crate::data::split::Part;
-use crate::model::candle_device;
 use crate::model::decoder::Decoder;
 use crate::model::generate::{GenerateOptions, Generation, StopReason, generate, with_model_stops};
+use crate::model::linear::Proj;
+use crate::model::nf4::quantize_decoder;
+use crate::model::{ModelError, candle_device};
 use crate::train::adapter;
+use crate::train::trainer::Quant;
 use crate::{Context, Input, Report, StageError, TypedStage};
 
 /// The `eval` built-in stage.
@@ -220,6 +223,56 @@ fn adapter_summary(a: &adapter::Adapter) -> (String, Value) {
     )
 }
 
+/// The model with its adapter applied (un-merged), on the base the adapter was trained against:
+/// a QLoRA adapter learned the NF4 weights' errors (DESIGN.md: the same adapter on the original
+/// weights degenerates). Also the adapter's summary for the report and metrics.json.
+fn load_model(
+    model_dir: &Path,
+    adapter_dir: Option<&Path>,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(Decoder, Option<(String, Value)>), StageError> {
+    let mut model = Decoder::load(model_dir, dtype, device)?;
+    let Some(dir) = adapter_dir else {
+        return Ok((model, None));
+    };
+    let quant = trained_quant(dir)?;
+    if quant == Quant::Nf4 {
+        quantize_decoder(&mut model, &Proj::ALL).map_err(ModelError::from)?;
+    }
+    let (summary, mut value) = adapter_summary(&adapter::load(dir, &mut model)?);
+    value["base"] = json!(quant);
+    Ok((
+        model,
+        Some((format!("{summary}, {} base", base_name(quant)), value)),
+    ))
+}
+
+/// How the base was stored while the adapter in `dir` was trained: what the sft stage recorded in
+/// its `metrics.json` (an adapter from elsewhere, without one, trained on the dense weights).
+fn trained_quant(dir: &Path) -> Result<Quant, StageError> {
+    let path = dir.join("metrics.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Quant::None),
+        Err(e) => return Err(StageError::Failed(format!("{}: {e}", path.display()))),
+    };
+    let metrics: Value = serde_json::from_str(&text)
+        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
+    match metrics.get("quant") {
+        None => Ok(Quant::None),
+        Some(q) => serde_json::from_value(q.clone())
+            .map_err(|e| StageError::Failed(format!("{}: field `quant`: {e}", path.display()))),
+    }
+}
+
+fn base_name(quant: Quant) -> &'static str {
+    match quant {
+        Quant::None => "dense",
+        Quant::Nf4 => "NF4",
+    }
+}
+
 fn ladder_table(m: Option<&LadderMetrics>) -> String {
     let Some(m) = m else {
         return "## Metric ladder (held-out test split)\n\nnot run (no `data` input)\n".into();
@@ -285,13 +338,12 @@ impl TypedStage for Eval {
 
         let template = load_template(model_dir)?;
         let tokenizer = load_tokenizer(model_dir)?;
-        let mut model = Decoder::load(model_dir, params.dtype.into(), &candle_device(ctx.device)?)?;
-        // Un-merged, on the base it was trained against (DESIGN.md: merging into the original
-        // weights is what degenerates).
-        let adapter = match ctx.inputs.get("adapter") {
-            Some(dir) => Some(adapter_summary(&adapter::load(dir, &mut model)?)),
-            None => None,
-        };
+        let (model, adapter) = load_model(
+            model_dir,
+            ctx.inputs.get("adapter").map(|p| p.as_path()),
+            params.dtype.into(),
+            &candle_device(ctx.device)?,
+        )?;
         let base = GenerateOptions {
             max_new_tokens: params.max_new_tokens,
             ..GenerateOptions::default()
@@ -456,9 +508,10 @@ mod tests {
     use crate::contract::NoProgress;
     use crate::data::schema::{Message, ToolCall, ToolSpec};
     use crate::data::template::golden::tokenizer_dir;
-    use crate::model::Proj;
     use crate::model::config::{Arch, Preset};
     use crate::model::init::{Shape, init_model};
+    use crate::model::linear::LinearWeight;
+    use crate::model::ops::tests::max_abs_diff;
 
     fn run_eval(
         inputs: &BTreeMap<String, PathBuf>,
@@ -628,11 +681,46 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(out2.join("metrics.json")).unwrap())
                 .unwrap();
         assert_eq!(metrics["adapter"]["lora_pairs"], 8, "{metrics}");
+        assert_eq!(metrics["adapter"]["base"], "none", "{metrics}");
         assert!(
             std::fs::read_to_string(out2.join("report.md"))
                 .unwrap()
                 .starts_with("Adapter (un-merged): r 4")
         );
+
+        // An adapter the sft stage trained on an NF4 base is applied to the NF4 base.
+        let metrics_file = adapter_dir.join("metrics.json");
+        let q_proj = |m: &mut Decoder| {
+            let (_, linear) = m.linears_mut().next().unwrap();
+            linear.weight().dense().unwrap()
+        };
+        let cpu = candle_core::Device::Cpu;
+        for (quant, want_nf4) in [(None, false), (Some("none"), false), (Some("nf4"), true)] {
+            match quant {
+                Some(q) => std::fs::write(&metrics_file, format!(r#"{{"quant": "{q}"}}"#)).unwrap(),
+                None => std::fs::remove_file(&metrics_file).unwrap_or(()),
+            }
+            let (mut m, summary) =
+                load_model(&model, Some(&adapter_dir), DType::F32, &cpu).unwrap();
+            let got = q_proj(&mut m);
+            let dense = q_proj(&mut decoder);
+            let nf4 = crate::model::nf4::Nf4Weight::quantize(&dense).unwrap();
+            let want = if want_nf4 {
+                nf4.dense().unwrap()
+            } else {
+                dense
+            };
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{quant:?}");
+            let (text, value) = summary.unwrap();
+            assert_eq!(text.contains("NF4 base"), want_nf4, "{text}");
+            assert_eq!(value["base"], if want_nf4 { "nf4" } else { "none" });
+        }
+        std::fs::write(&metrics_file, r#"{"quant": "int3"}"#).unwrap();
+        let err = load_model(&model, Some(&adapter_dir), DType::F32, &cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adapter/metrics.json: field `quant`"), "{err}");
+        std::fs::remove_file(&metrics_file).unwrap();
 
         // A broken adapter fails the stage, naming the file.
         std::fs::remove_file(adapter_dir.join(adapter::WEIGHTS_FILE)).unwrap();
