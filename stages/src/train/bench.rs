@@ -94,6 +94,7 @@ pub fn bench_sft(options: &BenchOptions) -> Result<BenchResult, ModelError> {
         },
         token_rows: Vec::new(),
         adamw: AdamWConfig::default(),
+        embedding_lr_scale: 1.0,
         max_grad_norm: 0.0,
         grad_checkpointing: options.grad_checkpointing,
         seed: 0,

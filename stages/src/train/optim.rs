@@ -35,6 +35,8 @@ pub struct Slot {
     pub var: Var,
     /// Whether weight decay applies to it.
     pub decay: bool,
+    /// Its learning rate as a multiple of the step's.
+    pub lr_scale: f64,
     pub m: Tensor,
     pub v: Tensor,
 }
@@ -49,17 +51,23 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Zero moments for `params` (`(var, decay)`).
-    pub fn new(params: Vec<(Var, bool)>, config: AdamWConfig) -> Result<AdamW> {
+    /// Zero moments for `params` (`(var, decay, lr_scale)`).
+    pub fn new(params: Vec<(Var, bool, f64)>, config: AdamWConfig) -> Result<AdamW> {
         let slots = params
             .into_iter()
-            .map(|(var, decay)| {
+            .map(|(var, decay, lr_scale)| {
                 if var.dtype() != DType::F32 {
                     candle_core::bail!("AdamW trains f32 tensors, got {:?}", var.dtype());
                 }
                 let m = var.zeros_like()?;
                 let v = var.zeros_like()?;
-                Ok(Slot { var, decay, m, v })
+                Ok(Slot {
+                    var,
+                    decay,
+                    lr_scale,
+                    m,
+                    v,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(AdamW {
@@ -86,9 +94,10 @@ impl AdamW {
             weight_decay,
         } = self.config;
         let t = self.steps as i32;
-        let step_size = lr / (1.0 - beta1.powi(t));
+        let bc1 = 1.0 - beta1.powi(t);
         let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let lr = lr * slot.lr_scale;
             let g = g.to_dtype(DType::F32)?;
             slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?;
             slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
@@ -97,7 +106,7 @@ impl AdamW {
             if slot.decay && weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
             }
-            let update = ((&slot.m / denom)? * step_size)?;
+            let update = ((&slot.m / denom)? * (lr / bc1))?;
             slot.var.set(&(p - update)?)?;
         }
         Ok(())
@@ -159,7 +168,11 @@ mod tests {
         };
         let a = Var::new(&[1.0f32, -2.0], &dev).unwrap();
         let b = Var::new(&[0.5f32], &dev).unwrap();
-        let mut opt = AdamW::new(vec![(a.clone(), true), (b.clone(), false)], config).unwrap();
+        let mut opt = AdamW::new(
+            vec![(a.clone(), true, 1.0), (b.clone(), false, 0.5)],
+            config,
+        )
+        .unwrap();
         let ga = [[0.3f32, -0.1], [0.2, 0.4], [-0.5, 0.05]];
         let gb = [[1.0f32], [-1.0], [0.25]];
         for (x, y) in ga.iter().zip(&gb) {
@@ -172,7 +185,8 @@ mod tests {
             reference(1.0, &col(0), 1e-2, config, true),
             reference(-2.0, &col(1), 1e-2, config, true),
         ];
-        let want_b = reference(0.5, &[1.0, -1.0, 0.25], 1e-2, config, false);
+        // b trains at half the rate (its lr_scale).
+        let want_b = reference(0.5, &[1.0, -1.0, 0.25], 0.5e-2, config, false);
         let got_a = v(a.as_tensor());
         for (g, w) in got_a.iter().zip(want_a) {
             assert!((f64::from(*g) - w).abs() < 1e-6, "{g} vs {w}");

@@ -93,6 +93,9 @@ pub struct SftParams {
     /// AdamW's decoupled weight decay, applied to the LoRA matrices (not to token rows).
     #[serde(default)]
     pub weight_decay: f64,
+    /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
+    #[serde(default = "default_embedding_lr_scale")]
+    pub embedding_lr_scale: f64,
     /// Clip the global gradient norm to this; 0 turns clipping off.
     #[serde(default = "default_max_grad_norm")]
     pub max_grad_norm: f64,
@@ -152,6 +155,9 @@ fn default_warmup_ratio() -> f64 {
 fn default_lr_scheduler() -> ScheduleKind {
     ScheduleKind::Cosine
 }
+fn default_embedding_lr_scale() -> f64 {
+    1.0
+}
 fn default_max_grad_norm() -> f64 {
     1.0
 }
@@ -201,6 +207,9 @@ impl SftParams {
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return fail("`weight_decay` must be 0 or more");
+        }
+        if !(self.embedding_lr_scale > 0.0 && self.embedding_lr_scale.is_finite()) {
+            return fail("`embedding_lr_scale` must be above 0");
         }
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             return fail("`max_grad_norm` must be 0 (no clipping) or more");
@@ -255,6 +264,7 @@ impl SftParams {
                 weight_decay: self.weight_decay,
                 ..AdamWConfig::default()
             },
+            embedding_lr_scale: self.embedding_lr_scale,
             max_grad_norm: self.max_grad_norm,
             grad_checkpointing: self.grad_checkpointing,
             seed: self.seed,
@@ -592,6 +602,7 @@ mod tests {
         assert_eq!((p.lr, p.lora_r, p.lora_alpha), (2e-4, 16, 32.0));
         assert_eq!(p.lora_targets, Proj::ALL);
         assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
+        assert_eq!(p.embedding_lr_scale, 1.0);
         assert_eq!(
             (p.quant, p.device, p.dtype),
             (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
@@ -617,6 +628,7 @@ mod tests {
             (json!({"lr": 0.0}), "`lr`"),
             (json!({"warmup_ratio": 1.5}), "warmup_ratio"),
             (json!({"dev_limit": 0}), "dev_limit"),
+            (json!({"embedding_lr_scale": 0.0}), "embedding_lr_scale"),
             (
                 json!({"learning_rate": 1e-4}),
                 "unknown field `learning_rate`",

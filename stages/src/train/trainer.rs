@@ -39,6 +39,8 @@ pub struct TrainConfig {
     /// Token ids whose embedding (and head) rows are trained.
     pub token_rows: Vec<u32>,
     pub adamw: AdamWConfig,
+    /// The token rows' learning rate as a multiple of the LoRA matrices'.
+    pub embedding_lr_scale: f64,
     /// `0` turns clipping off.
     pub max_grad_norm: f64,
     pub grad_checkpointing: bool,
@@ -84,19 +86,23 @@ impl Trainer {
         for (id, pair) in &lora.layers {
             let name = id.hf_name();
             names.push(format!("{name}.lora_A"));
-            params.push((pair.a().clone(), true));
+            params.push((pair.a().clone(), true, 1.0));
             names.push(format!("{name}.lora_B"));
-            params.push((pair.b().clone(), true));
+            params.push((pair.b().clone(), true, 1.0));
         }
         let rows = if config.token_rows.is_empty() {
             None
         } else {
             let rows = decoder.train_token_rows(&config.token_rows, DType::F32)?;
             names.push("model.embed_tokens.delta".into());
-            params.push((rows.embedding.delta().clone(), false));
+            params.push((
+                rows.embedding.delta().clone(),
+                false,
+                config.embedding_lr_scale,
+            ));
             if let Some(head) = &rows.lm_head {
                 names.push("lm_head.delta".into());
-                params.push((head.delta().clone(), false));
+                params.push((head.delta().clone(), false, config.embedding_lr_scale));
             }
             Some(rows)
         };
@@ -247,6 +253,7 @@ pub(crate) mod tests {
             },
             token_rows: vec![5, 100],
             adamw: AdamWConfig::default(),
+            embedding_lr_scale: 1.0,
             max_grad_norm: 1.0,
             grad_checkpointing: false,
             seed: 3,
