@@ -23,11 +23,9 @@ use crate::data::format::{load_template, load_tokenizer};
 use crate::data::io::{self, JsonlWriter};
 use crate::data::schema::{Conversation, Role};
 use crate::data::split::Part;
+use crate::model::candle_device;
 use crate::model::decoder::Decoder;
 use crate::model::generate::{GenerateOptions, Generation, StopReason, generate, with_model_stops};
-use crate::model::linear::Proj;
-use crate::model::nf4::quantize_decoder;
-use crate::model::{ModelError, candle_device};
 use crate::train::adapter;
 use crate::train::trainer::Quant;
 use crate::{Context, Input, Report, StageError, TypedStage};
@@ -236,34 +234,13 @@ fn load_model(
     let Some(dir) = adapter_dir else {
         return Ok((model, None));
     };
-    let quant = trained_quant(dir)?;
-    if quant == Quant::Nf4 {
-        quantize_decoder(&mut model, &Proj::ALL).map_err(ModelError::from)?;
-    }
-    let (summary, mut value) = adapter_summary(&adapter::load(dir, &mut model)?);
+    let (adapter, quant) = adapter::load_on_trained_base(dir, &mut model)?;
+    let (summary, mut value) = adapter_summary(&adapter);
     value["base"] = json!(quant);
     Ok((
         model,
         Some((format!("{summary}, {} base", base_name(quant)), value)),
     ))
-}
-
-/// How the base was stored while the adapter in `dir` was trained: what the sft stage recorded in
-/// its `metrics.json` (an adapter from elsewhere, without one, trained on the dense weights).
-fn trained_quant(dir: &Path) -> Result<Quant, StageError> {
-    let path = dir.join("metrics.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Quant::None),
-        Err(e) => return Err(StageError::Failed(format!("{}: {e}", path.display()))),
-    };
-    let metrics: Value = serde_json::from_str(&text)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
-    match metrics.get("quant") {
-        None => Ok(Quant::None),
-        Some(q) => serde_json::from_value(q.clone())
-            .map_err(|e| StageError::Failed(format!("{}: field `quant`: {e}", path.display()))),
-    }
 }
 
 fn base_name(quant: Quant) -> &'static str {
@@ -510,7 +487,7 @@ mod tests {
     use crate::data::template::golden::tokenizer_dir;
     use crate::model::config::{Arch, Preset};
     use crate::model::init::{Shape, init_model};
-    use crate::model::linear::LinearWeight;
+    use crate::model::linear::{LinearWeight, Proj};
     use crate::model::ops::tests::max_abs_diff;
 
     fn run_eval(

@@ -377,7 +377,7 @@ pub fn chat(
     let tokenizer = load_tokenizer(model_dir).map_err(stage_error)?;
     let mut model = Decoder::load(model_dir, options.dtype, &options.device)?;
     if let Some(adapter) = &options.adapter {
-        crate::train::adapter::load(adapter, &mut model)?;
+        crate::train::adapter::load_on_trained_base(adapter, &mut model)?;
     }
     let mut messages = Vec::new();
     if let Some(system) = &options.system {

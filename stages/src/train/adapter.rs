@@ -43,6 +43,8 @@ use crate::model::decoder::{Decoder, TrainableRows};
 use crate::model::linear::{LinearId, Proj};
 use crate::model::load;
 use crate::model::lora::{Lora, LoraConfig, LoraSet};
+use crate::model::nf4::quantize_decoder;
+use crate::train::trainer::Quant;
 
 /// The adapter's tensors.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -532,6 +534,42 @@ impl PeftLora {
             _ => true,
         }
     }
+}
+
+/// How the base was stored while the adapter in `dir` was trained: what the sft stage recorded in
+/// its `metrics.json` (an adapter from elsewhere, without one, trained on the dense weights).
+pub fn trained_quant(dir: &Path) -> Result<Quant, ModelError> {
+    let path = dir.join("metrics.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Quant::None),
+        Err(source) => return Err(ModelError::Io { path, source }),
+    };
+    let config_error = |message: String| ModelError::Config {
+        path: path.clone(),
+        message,
+    };
+    let metrics: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+    match metrics.get("quant") {
+        None => Ok(Quant::None),
+        Some(q) => serde_json::from_value(q.clone())
+            .map_err(|e| config_error(format!("field `quant`: {e}"))),
+    }
+}
+
+/// [`load`] onto the base the adapter was trained against: a QLoRA adapter learned the NF4
+/// weights' errors (DESIGN.md: the same adapter on the original weights degenerates), so the
+/// projections are quantized first when [`trained_quant`] says NF4.
+pub fn load_on_trained_base(
+    dir: &Path,
+    decoder: &mut Decoder,
+) -> Result<(Adapter, Quant), ModelError> {
+    let quant = trained_quant(dir)?;
+    if quant == Quant::Nf4 {
+        quantize_decoder(decoder, &Proj::ALL)?;
+    }
+    Ok((load(dir, decoder)?, quant))
 }
 
 /// Reads the adapter in `dir` (PEFT's layout, written by [`save`] or by PEFT itself), checks every
