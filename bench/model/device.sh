@@ -18,7 +18,8 @@ forge=false torch=false
 [ -f "$dev/bundle.tar.xz" ] && forge=true
 [ -d "$base" ] && torch=true
 $forge && { [ -x "$dev/forge" ] || tar -C "$dev" -xJf "$dev/bundle.tar.xz"; }
-export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib}
+# cuBLAS and the CUDA runtime of the image's PyTorch (CUDA 13 wheels), ahead of whatever is set.
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 PY=${PY:-/opt/torch/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -43,7 +44,7 @@ decode)
 tests)
   # The CUDA tests (CPU agreement, the softmax and NF4 kernels). They find their fixtures under
   # the path they were compiled in.
-  src=$(strings "$dev/stages_tests" | grep -o '/work/[a-z-]*/stages/fixtures' | head -1 | sed 's|/stages/fixtures||')
+  src=$(strings "$dev/stages_tests" | grep -o '/work/[a-z-]*/stages' | head -1 | sed 's|/stages$||' || true)
   if [ -n "$src" ] && [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")"; ln -s "$PWD" "$src"; fi
   "$dev/stages_tests" cuda --nocapture 2>&1 | tail -40
   ;;

@@ -275,7 +275,7 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
     use half::{bf16, f16};
@@ -351,53 +351,7 @@ mod cuda {
         mask: Option<&Tensor>,
         scale: f64,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = scores.device().clone();
-        let (rows, cols, per_batch, t, mask_batches) = geometry(layout, mask)?;
-        fn run<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
-            kernel: &str,
-            dev: &candle_core::CudaDevice,
-            x: &CudaStorage,
-            layout: &Layout,
-            mask: Option<&Tensor>,
-            args: (usize, i32, i32, i32, i32, f32),
-        ) -> Result<CudaSlice<T>> {
-            let (rows, cols, per_batch, t, mask_batches, scale) = args;
-            let x = view::<T>(x, layout)?;
-            // SAFETY: the kernel writes every element.
-            let y = unsafe { dev.alloc::<T>(rows * cols as usize)? };
-            let func = dev.get_or_load_custom_func(kernel, "forge_softmax", PTX)?;
-            with_mask(mask, dev, |m, has_mask| {
-                let mut b = func.builder();
-                b.arg(&x)
-                    .arg(m)
-                    .arg(&has_mask)
-                    .arg(&y)
-                    .arg(&cols)
-                    .arg(&per_batch);
-                b.arg(&t).arg(&mask_batches).arg(&scale);
-                // SAFETY: arguments match `masked_softmax_fwd_*` in kernels/softmax.cu.
-                unsafe { b.launch(config(rows)) }.w()?;
-                Ok(())
-            })?;
-            Ok(y)
-        }
-        let args = (rows, cols, per_batch, t, mask_batches, scale as f32);
-        let y = match scores.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(
-                run::<f32>("masked_softmax_fwd_f32", &dev, scores, layout, mask, args)?,
-                dev.clone(),
-            ),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(
-                run::<bf16>("masked_softmax_fwd_bf16", &dev, scores, layout, mask, args)?,
-                dev.clone(),
-            ),
-            DType::F16 => CudaStorage::wrap_cuda_slice(
-                run::<f16>("masked_softmax_fwd_f16", &dev, scores, layout, mask, args)?,
-                dev.clone(),
-            ),
-            other => candle_core::bail!("masked softmax of {other:?} scores"),
-        };
-        Ok((y, layout.shape().clone()))
+        launch("masked_softmax_fwd", &[(scores, layout)], mask, scale)
     }
 
     pub(super) fn softmax_bwd(
@@ -408,81 +362,64 @@ mod cuda {
         mask: Option<&Tensor>,
         scale: f64,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = y.device().clone();
         if y_layout.shape() != g_layout.shape() {
             candle_core::bail!("masked softmax backward: y and its gradient differ in shape");
         }
-        let (rows, cols, per_batch, t, mask_batches) = geometry(y_layout, mask)?;
-        #[allow(clippy::too_many_arguments)]
+        launch(
+            "masked_softmax_bwd",
+            &[(y, y_layout), (g, g_layout)],
+            mask,
+            scale,
+        )
+    }
+
+    /// Runs kernel `{name}_{dtype}` of kernels/softmax.cu, whose arguments are `inputs` (scores
+    /// shaped, one dtype), the mask and whether there is one, the output, then the geometry and
+    /// the scale.
+    fn launch(
+        name: &str,
+        inputs: &[(&CudaStorage, &Layout)],
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<(CudaStorage, Shape)> {
         fn run<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
             kernel: &str,
-            dev: &candle_core::CudaDevice,
-            y: &CudaStorage,
-            y_layout: &Layout,
-            g: &CudaStorage,
-            g_layout: &Layout,
+            inputs: &[(&CudaStorage, &Layout)],
             mask: Option<&Tensor>,
-            args: (usize, i32, i32, i32, i32, f32),
-        ) -> Result<CudaSlice<T>> {
-            let (rows, cols, per_batch, t, mask_batches, scale) = args;
-            let (y, g) = (view::<T>(y, y_layout)?, view::<T>(g, g_layout)?);
+            scale: f32,
+        ) -> Result<CudaStorage> {
+            let (first, layout) = inputs[0];
+            let dev = first.device();
+            let (rows, cols, per_batch, t, mask_batches) = geometry(layout, mask)?;
+            let views = inputs
+                .iter()
+                .map(|(s, l)| view::<T>(s, l))
+                .collect::<Result<Vec<_>>>()?;
             // SAFETY: the kernel writes every element.
-            let dx = unsafe { dev.alloc::<T>(rows * cols as usize)? };
+            let out = unsafe { dev.alloc::<T>(rows * cols as usize)? };
             let func = dev.get_or_load_custom_func(kernel, "forge_softmax", PTX)?;
             with_mask(mask, dev, |m, has_mask| {
                 let mut b = func.builder();
-                b.arg(&y).arg(&g).arg(m).arg(&has_mask).arg(&dx).arg(&cols);
-                b.arg(&per_batch).arg(&t).arg(&mask_batches).arg(&scale);
-                // SAFETY: arguments match `masked_softmax_bwd_*` in kernels/softmax.cu.
+                for v in &views {
+                    b.arg(v);
+                }
+                b.arg(m).arg(&has_mask).arg(&out).arg(&cols).arg(&per_batch);
+                b.arg(&t).arg(&mask_batches).arg(&scale);
+                // SAFETY: arguments match `{name}_*` in kernels/softmax.cu.
                 unsafe { b.launch(config(rows)) }.w()?;
                 Ok(())
             })?;
-            Ok(dx)
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
-        let args = (rows, cols, per_batch, t, mask_batches, scale as f32);
-        let dx = match y.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(
-                run::<f32>(
-                    "masked_softmax_bwd_f32",
-                    &dev,
-                    y,
-                    y_layout,
-                    g,
-                    g_layout,
-                    mask,
-                    args,
-                )?,
-                dev.clone(),
-            ),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(
-                run::<bf16>(
-                    "masked_softmax_bwd_bf16",
-                    &dev,
-                    y,
-                    y_layout,
-                    g,
-                    g_layout,
-                    mask,
-                    args,
-                )?,
-                dev.clone(),
-            ),
-            DType::F16 => CudaStorage::wrap_cuda_slice(
-                run::<f16>(
-                    "masked_softmax_bwd_f16",
-                    &dev,
-                    y,
-                    y_layout,
-                    g,
-                    g_layout,
-                    mask,
-                    args,
-                )?,
-                dev.clone(),
-            ),
-            other => candle_core::bail!("masked softmax backward of {other:?}"),
+        let (first, layout) = inputs[0];
+        let scale = scale as f32;
+        let out = match first.dtype() {
+            DType::F32 => run::<f32>(&format!("{name}_f32"), inputs, mask, scale)?,
+            DType::BF16 => run::<bf16>(&format!("{name}_bf16"), inputs, mask, scale)?,
+            DType::F16 => run::<f16>(&format!("{name}_f16"), inputs, mask, scale)?,
+            other => candle_core::bail!("{name} of {other:?}"),
         };
-        Ok((dx, y_layout.shape().clone()))
+        Ok((out, layout.shape().clone()))
     }
 
     /// One block of 256 threads per row.
