@@ -164,6 +164,25 @@ pub struct MicroBatch {
 impl MicroBatch {
     /// Rows (ids, loss mask) of at least two tokens, right-padded with `pad`.
     pub fn new(rows: &[(&[u32], &[bool])], pad: u32, device: &Device) -> Result<MicroBatch> {
+        MicroBatch::build(rows, pad, false, device)
+    }
+
+    /// As [`MicroBatch::new`], learning every token after the first whatever the masks say
+    /// (sft's `train_on_inputs`).
+    pub fn every_token(
+        rows: &[(&[u32], &[bool])],
+        pad: u32,
+        device: &Device,
+    ) -> Result<MicroBatch> {
+        MicroBatch::build(rows, pad, true, device)
+    }
+
+    fn build(
+        rows: &[(&[u32], &[bool])],
+        pad: u32,
+        every: bool,
+        device: &Device,
+    ) -> Result<MicroBatch> {
         let inputs: Vec<Vec<u32>> = rows
             .iter()
             .map(|(ids, _)| ids[..ids.len().saturating_sub(1)].to_vec())
@@ -172,7 +191,7 @@ impl MicroBatch {
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for (b, (ids, mask)) in rows.iter().enumerate() {
             for t in 0..ids.len().saturating_sub(1) {
-                if mask[t + 1] {
+                if every || mask[t + 1] {
                     positions.push((b * width + t) as u32);
                     targets.push(ids[t + 1]);
                 }
@@ -285,5 +304,10 @@ mod tests {
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
         assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [12, 13, 21]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 3));
+        // Learning every token: the prompt's too.
+        let mb = MicroBatch::every_token(&rows, 0, &Device::Cpu).unwrap();
+        assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [0, 1, 2, 3]);
+        assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [11, 12, 13, 21]);
+        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
     }
 }

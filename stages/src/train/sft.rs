@@ -93,6 +93,10 @@ pub struct SftParams {
     /// AdamW's decoupled weight decay, applied to the LoRA matrices (not to token rows).
     #[serde(default)]
     pub weight_decay: f64,
+    /// Learn every token of a row, the prompt's too, not only the answer's (Axolotl's name). The
+    /// dev loss stays the answer tokens'.
+    #[serde(default)]
+    pub train_on_inputs: bool,
     /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
     #[serde(default = "default_embedding_lr_scale")]
     pub embedding_lr_scale: f64,
@@ -460,7 +464,10 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
             .iter()
             .map(|rows| {
                 let rows: Vec<_> = rows.iter().map(|&i| train.get(i)).collect();
-                MicroBatch::new(&rows, pad, &candle)
+                match params.train_on_inputs {
+                    true => MicroBatch::every_token(&rows, pad, &candle),
+                    false => MicroBatch::new(&rows, pad, &candle),
+                }
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(candle_err)?;
@@ -603,6 +610,7 @@ mod tests {
         assert_eq!(p.lora_targets, Proj::ALL);
         assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
         assert_eq!(p.embedding_lr_scale, 1.0);
+        assert!(!p.train_on_inputs);
         assert_eq!(
             (p.quant, p.device, p.dtype),
             (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
