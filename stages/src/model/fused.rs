@@ -15,7 +15,9 @@
 //! storage, so the result is copied once into the storage the op returns. Where nothing tracks
 //! a gradient (generation), the kernels run directly, without the op and its copy. The backward is
 //! candle ops on tensors that track nothing, so it builds no graph. Everything runs on any device
-//! candle supports; half-precision inputs are computed in f32 as transformers does.
+//! candle supports; half-precision inputs are computed in f32 as transformers does. The masked
+//! softmax is the exception on CUDA: there both directions are forge's own kernels
+//! (`kernels/softmax.cu`), which write their result straight into the op's storage.
 
 use std::sync::Arc;
 

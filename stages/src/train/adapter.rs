@@ -538,7 +538,7 @@ impl PeftLora {
 
 /// How the base was stored while the adapter in `dir` was trained: what the sft stage recorded in
 /// its `metrics.json` (an adapter from elsewhere, without one, trained on the dense weights).
-pub fn trained_quant(dir: &Path) -> Result<Quant, ModelError> {
+fn trained_quant(dir: &Path) -> Result<Quant, ModelError> {
     let path = dir.join("metrics.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
