@@ -143,9 +143,11 @@ enum Command {
         #[command(subcommand)]
         action: BenchAction,
     },
-    /// Delete cache entries and objects that neither forge.lock nor a recent run references.
+    /// Delete cache entries and objects that neither forge.lock nor a recent run references, and
+    /// the resumable state of unfinished runs not touched within the keep window.
     Gc {
-        /// Keep run-cache entries younger than this many days (so reverting an edit stays instant).
+        /// Keep run-cache entries and unfinished runs' state younger than this many days (so
+        /// reverting an edit stays instant and a killed run can still resume).
         #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
         keep_days: f64,
     },

@@ -2,7 +2,8 @@
 //!
 //! Kept: the run-cache entries of every stage in forge.lock, every entry younger than the keep
 //! window (so reverting an edit still restores instantly), and the objects those entries name.
-//! Everything else under `cache/runs` and `cache/objects` goes, with `cache/tmp` leftovers.
+//! Everything else under `cache/runs` and `cache/objects` goes, with `cache/tmp` leftovers and
+//! the resumable state (`cache/state`) of unfinished runs last touched before the keep window.
 
 use std::collections::HashSet;
 use std::fs;
@@ -66,11 +67,32 @@ pub fn collect(ws: &Workspace, pipeline: &Pipeline, keep_days: f64) -> anyhow::R
         }
         let _ = fs::remove_dir(&shard);
     }
+    let mut states_removed = 0usize;
+    let states = ws.cache.join("state");
+    if states.is_dir() {
+        for state in
+            fs::read_dir(&states).with_context(|| format!("reading {}", states.display()))?
+        {
+            let state = state?.path();
+            let touched = fs::metadata(&state)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            if touched <= horizon {
+                freed += dir_size(&state);
+                fs::remove_dir_all(&state)
+                    .with_context(|| format!("removing {}", state.display()))?;
+                states_removed += 1;
+            }
+        }
+    }
     let tmp = ws.cache.join("tmp");
     freed += dir_size(&tmp);
     store.clear_tmp()?;
     Ok(format!(
-        "gc: removed {runs_removed} run-cache entries and {objects_removed} objects, freed {}",
+        "gc: removed {runs_removed} run-cache entries, {objects_removed} objects and \
+         {states_removed} unfinished runs' state, freed {}",
         human(freed)
     ))
 }

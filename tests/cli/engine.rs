@@ -612,7 +612,7 @@ stages:
     let kept = ws.ok(&["gc"]);
     assert!(
         kept.stdout
-            .contains("removed 0 run-cache entries and 0 objects"),
+            .contains("removed 0 run-cache entries, 0 objects and 0 unfinished runs' state"),
         "{}",
         kept.stdout
     );
@@ -860,6 +860,25 @@ stages:
     assert_eq!(first.code, 1, "{}", first.stdout);
     let states: Vec<_> = std::fs::read_dir(ws.path("cache/state")).unwrap().collect();
     assert_eq!(states.len(), 1, "one state dir for the stage key");
+    // gc keeps an unfinished run's state within the keep window, and frees it after.
+    let kept = ws.ok(&["gc"]);
+    assert!(
+        kept.stdout.contains("0 unfinished runs' state"),
+        "{}",
+        kept.stdout
+    );
+    let freed = ws.ok(&["gc", "--keep-days", "0"]);
+    assert!(
+        freed.stdout.contains("1 unfinished runs' state"),
+        "{}",
+        freed.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(ws.path("cache/state")).unwrap().count(),
+        0
+    );
+    // Without its state the stage starts over: one mark, fails, and so on to the second.
+    assert_eq!(ws.forge(&["run"]).code, 1);
     ws.ok(&["run"]);
     assert_eq!(ws.read("artifacts/resumable/marks"), "x\nx\n");
     assert_eq!(
