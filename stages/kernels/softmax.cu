@@ -4,7 +4,7 @@
 // writes the [B, H, T, S] scores five times, in f32.
 //
 // Scores are rows of `cols` keys: row r belongs to batch r / rows_per_batch and query r % t. The
-// mask (u8, 1 = may attend), when has_mask is set, is [mask_batches, 1, t, cols]: one row per
+// mask (u8, 1 = may attend; null: none) is [mask_batches, 1, t, cols]: one row per
 // (batch, query), shared by the heads. A masked key gets probability 0 and gradient 0; a row that
 // sees no key is uniform (1 / cols), as when every score is set to the lowest value.
 
@@ -41,22 +41,22 @@ template <bool MAX> __device__ float block_reduce(float v) {
     return v;
 }
 
-__device__ __forceinline__ const uint8_t* mask_row(const uint8_t* mask, int has_mask,
-                                                   long long row, int rows_per_batch, int t,
-                                                   int mask_batches, int cols) {
-    if (!has_mask) return nullptr;
+__device__ __forceinline__ const uint8_t* mask_row(const uint8_t* mask, long long row,
+                                                   int rows_per_batch, int t, int mask_batches,
+                                                   int cols) {
+    if (!mask) return nullptr;
     long long b = mask_batches == 1 ? 0 : row / rows_per_batch;
     return mask + (b * t + row % t) * (long long)cols;
 }
 
 template <typename T>
 __device__ void softmax_fwd(const T* __restrict__ x, const uint8_t* __restrict__ mask,
-                            int has_mask, T* __restrict__ y, int cols, int rows_per_batch, int t,
+                            T* __restrict__ y, int cols, int rows_per_batch, int t,
                             int mask_batches, float scale) {
     long long row = blockIdx.x;
     const T* xr = x + row * cols;
     T* yr = y + row * cols;
-    const uint8_t* m = mask_row(mask, has_mask, row, rows_per_batch, t, mask_batches, cols);
+    const uint8_t* m = mask_row(mask, row, rows_per_batch, t, mask_batches, cols);
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < cols; j += THREADS)
         if (!m || m[j]) mx = fmaxf(mx, load(xr, j) * scale);
@@ -76,13 +76,13 @@ __device__ void softmax_fwd(const T* __restrict__ x, const uint8_t* __restrict__
 // dx = scale · y · (g − Σ g·y), 0 where masked.
 template <typename T>
 __device__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ g,
-                            const uint8_t* __restrict__ mask, int has_mask, T* __restrict__ dx,
+                            const uint8_t* __restrict__ mask, T* __restrict__ dx,
                             int cols, int rows_per_batch, int t, int mask_batches, float scale) {
     long long row = blockIdx.x;
     const T* yr = y + row * cols;
     const T* gr = g + row * cols;
     T* dr = dx + row * cols;
-    const uint8_t* m = mask_row(mask, has_mask, row, rows_per_batch, t, mask_batches, cols);
+    const uint8_t* m = mask_row(mask, row, rows_per_batch, t, mask_batches, cols);
     float dot = 0.0f;
     for (int j = threadIdx.x; j < cols; j += THREADS) dot += load(yr, j) * load(gr, j);
     dot = block_reduce<false>(dot);
@@ -92,14 +92,14 @@ __device__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ g,
 
 #define INSTANTIATE(T, NAME)                                                                     \
     extern "C" __global__ void masked_softmax_fwd_##NAME(                                      \
-        const T* x, const uint8_t* mask, int has_mask, T* y, int cols, int rows_per_batch,     \
-        int t, int mask_batches, float scale) {                                                \
-        softmax_fwd(x, mask, has_mask, y, cols, rows_per_batch, t, mask_batches, scale);       \
+        const T* x, const uint8_t* mask, T* y, int cols, int rows_per_batch, int t,            \
+        int mask_batches, float scale) {                                                       \
+        softmax_fwd(x, mask, y, cols, rows_per_batch, t, mask_batches, scale);                 \
     }                                                                                          \
     extern "C" __global__ void masked_softmax_bwd_##NAME(                                      \
-        const T* y, const T* g, const uint8_t* mask, int has_mask, T* dx, int cols,            \
-        int rows_per_batch, int t, int mask_batches, float scale) {                            \
-        softmax_bwd(y, g, mask, has_mask, dx, cols, rows_per_batch, t, mask_batches, scale);   \
+        const T* y, const T* g, const uint8_t* mask, T* dx, int cols, int rows_per_batch,      \
+        int t, int mask_batches, float scale) {                                                \
+        softmax_bwd(y, g, mask, dx, cols, rows_per_batch, t, mask_batches, scale);             \
     }
 
 INSTANTIATE(float, f32)

@@ -315,26 +315,22 @@ mod cuda {
         ))
     }
 
-    /// Runs `launch` with the mask's slice (or, without a mask, any u8-typed stand-in the kernel
-    /// never reads) and whether there is one.
+    /// Runs `launch` with the mask's slice, if there is a mask.
     fn with_mask<R>(
         mask: Option<&Tensor>,
-        dev: &candle_core::CudaDevice,
-        launch: impl FnOnce(&CudaView<'_, u8>, i32) -> Result<R>,
+        launch: impl FnOnce(Option<&CudaView<'_, u8>>) -> Result<R>,
     ) -> Result<R> {
-        match mask {
-            Some(m) => {
-                let m = m.contiguous()?;
-                let (storage, layout) = m.storage_and_layout();
-                let Storage::Cuda(storage) = &*storage else {
-                    candle_core::bail!("masked softmax: the mask is not on the GPU");
-                };
-                let slice = storage.as_cuda_slice::<u8>()?;
-                let (start, end) = layout.contiguous_offsets().expect("contiguous");
-                launch(&slice.slice(start..end), 1)
-            }
-            None => launch(&dev.alloc_zeros::<u8>(1)?.slice(..), 0),
-        }
+        let Some(m) = mask else {
+            return launch(None);
+        };
+        let m = m.contiguous()?;
+        let (storage, layout) = m.storage_and_layout();
+        let Storage::Cuda(storage) = &*storage else {
+            candle_core::bail!("masked softmax: the mask is not on the GPU");
+        };
+        let slice = storage.as_cuda_slice::<u8>()?;
+        let (start, end) = layout.contiguous_offsets().expect("contiguous");
+        launch(Some(&slice.slice(start..end)))
     }
 
     fn view<'a, T: candle_core::cuda_backend::CudaDType>(
@@ -376,8 +372,7 @@ mod cuda {
     }
 
     /// Runs kernel `{name}_{dtype}` of kernels/softmax.cu, whose arguments are `inputs` (scores
-    /// shaped, one dtype), the mask and whether there is one, the output, then the geometry and
-    /// the scale.
+    /// shaped, one dtype), the mask (or null), the output, then the geometry and the scale.
     fn launch(
         name: &str,
         inputs: &[(&CudaStorage, &Layout)],
@@ -400,12 +395,18 @@ mod cuda {
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<T>(rows * cols as usize)? };
             let func = dev.get_or_load_custom_func(kernel, "forge_softmax", PTX)?;
-            with_mask(mask, dev, |m, has_mask| {
+            // The kernels read no mask where its pointer is null.
+            const NULL: u64 = 0;
+            with_mask(mask, |m| {
                 let mut b = func.builder();
                 for v in &views {
                     b.arg(v);
                 }
-                b.arg(m).arg(&has_mask).arg(&out).arg(&cols).arg(&per_batch);
+                match m {
+                    Some(m) => b.arg(m),
+                    None => b.arg(&NULL),
+                };
+                b.arg(&out).arg(&cols).arg(&per_batch);
                 b.arg(&t).arg(&mask_batches).arg(&scale);
                 // SAFETY: arguments match `{name}_*` in kernels/softmax.cu.
                 unsafe { b.launch(config(rows)) }.w()?;
