@@ -522,6 +522,18 @@ impl Decoder {
         self.lm_head.token_nll(hidden, targets, &self.embedding)
     }
 
+    /// Per-row NLL `[N]` of the targets `shortlist[slots]` under a softmax over `shortlist` only
+    /// ([`super::embedding::LmHead::shortlist_nll`]).
+    pub fn shortlist_nll(
+        &self,
+        hidden: &Tensor,
+        shortlist: &Tensor,
+        slots: &Tensor,
+    ) -> CandleResult<Tensor> {
+        self.lm_head
+            .shortlist_nll(hidden, shortlist, slots, &self.embedding)
+    }
+
     /// Logits `[B, T, vocab]` of every position.
     pub fn forward(&self, batch: &Batch, cache: Option<&mut KvCache>) -> CandleResult<Tensor> {
         self.logits(&self.hidden(batch, cache)?)

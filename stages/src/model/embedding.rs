@@ -171,6 +171,26 @@ impl LmHead {
         super::head_loss::token_nll(h, w, self.rows.as_ref(), targets)
     }
 
+    /// Per-row NLL `[N]` (f32) under a softmax over the tokens `shortlist [S]` only (u32,
+    /// distinct), of the targets whose indices into `shortlist` are `slots [N]`: a sampled
+    /// softmax, `N·S` logits instead of `N·vocab`. Gradients reach `h` and the rows' delta.
+    pub fn shortlist_nll(
+        &self,
+        h: &Tensor,
+        shortlist: &Tensor,
+        slots: &Tensor,
+        embedding: &Embedding,
+    ) -> Result<Tensor> {
+        let w = self.weight.as_ref().unwrap_or(&embedding.weight);
+        let mut rows = w.index_select(shortlist, 0)?;
+        if let Some(r) = &self.rows {
+            rows = (rows + r.lookup(shortlist, w.dtype())?)?;
+        }
+        let logits = matmul_t(h, &rows)?.to_dtype(DType::F32)?;
+        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        log_p.gather(&slots.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    }
+
     /// `h [.., hidden]` → logits `[.., vocab]`.
     pub fn forward(&self, h: &Tensor, embedding: &Embedding) -> Result<Tensor> {
         let w = self.weight.as_ref().unwrap_or(&embedding.weight);
@@ -222,6 +242,48 @@ mod tests {
         assert_eq!(
             rows.merged_rows(&w).unwrap().to_vec2::<f32>().unwrap(),
             [[2.5, -0.5], [-1., 3.]]
+        );
+    }
+
+    #[test]
+    fn the_shortlist_softmax_is_the_full_one_restricted_to_its_tokens() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.], [2., -1.]], &dev).unwrap();
+        let rows = Arc::new(TokenRows::new(&[3], 4, 2, DType::F32, &dev).unwrap());
+        rows.delta()
+            .set(&Tensor::new(&[[0.5f32, 0.5]], &dev).unwrap())
+            .unwrap();
+        let emb = Embedding::new(w);
+        let mut head = LmHead::tied();
+        head.set_rows(Some(rows.clone()));
+        let h = Tensor::new(&[[0.5f32, -2.0], [1.0, 1.0]], &dev).unwrap();
+        let shortlist = Tensor::new(&[0u32, 3], &dev).unwrap();
+        // Row 0 learns token 3 (slot 1), row 1 token 0 (slot 0).
+        let slots = Tensor::new(&[1u32, 0], &dev).unwrap();
+        let nll = head.shortlist_nll(&h, &shortlist, &slots, &emb).unwrap();
+        let logits = head.forward(&h, &emb).unwrap().to_vec2::<f32>().unwrap();
+        let want: Vec<f32> = [(0, 3), (1, 0)]
+            .iter()
+            .map(|&(r, t)| {
+                let z = (logits[r][0].exp() + logits[r][3].exp()).ln();
+                z - logits[r][t]
+            })
+            .collect();
+        let got = nll.to_vec1::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        // Row 0's target is the trained token 3: its delta gets a gradient.
+        let grads = nll.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(rows.delta().as_tensor()).unwrap();
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
         );
     }
 

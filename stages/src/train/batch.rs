@@ -147,6 +147,19 @@ impl Order {
     }
 }
 
+/// Which positions of a row a micro-batch learns, and under which softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// The answer tokens (format's mask), under the full vocabulary.
+    Answers,
+    /// Every token after the first, under the full vocabulary (sft's `train_on_inputs`).
+    EveryToken,
+    /// The answer tokens under the full vocabulary, the prompt's under a softmax over the tokens of
+    /// the micro-batch only (a sampled softmax: the prompt positions cost about what the layers
+    /// do, not a pass over the vocabulary each).
+    PromptInBatch,
+}
+
 /// A micro-batch on the device, with the flat positions (`b·T + t`) whose next token is learned.
 #[derive(Debug)]
 pub struct MicroBatch {
@@ -155,32 +168,37 @@ pub struct MicroBatch {
     pub positions: Tensor,
     /// `[N]` u32: the token each of those positions must predict.
     pub targets: Tensor,
+    /// The prompt positions learned under the in-batch softmax ([`Learn::PromptInBatch`]).
+    pub prompt: Option<InBatch>,
     /// Real (unpadded) input tokens.
     pub tokens: usize,
-    /// Learned tokens (`N`).
+    /// Learned tokens (`N`, plus the prompt's in-batch ones).
     pub loss_tokens: usize,
 }
 
+/// Positions learned under a softmax restricted to `shortlist`, the distinct tokens of the
+/// micro-batch.
+#[derive(Debug)]
+pub struct InBatch {
+    /// `[M]` u32 flat positions.
+    pub positions: Tensor,
+    /// `[S]` u32 token ids.
+    pub shortlist: Tensor,
+    /// `[M]` u32: each target's index into `shortlist`.
+    pub slots: Tensor,
+}
+
 impl MicroBatch {
-    /// Rows (ids, loss mask) of at least two tokens, right-padded with `pad`.
+    /// Rows (ids, loss mask) of at least two tokens, right-padded with `pad`, learning their
+    /// answer tokens.
     pub fn new(rows: &[(&[u32], &[bool])], pad: u32, device: &Device) -> Result<MicroBatch> {
-        MicroBatch::build(rows, pad, false, device)
+        MicroBatch::build(rows, pad, Learn::Answers, device)
     }
 
-    /// As [`MicroBatch::new`], learning every token after the first whatever the masks say
-    /// (sft's `train_on_inputs`).
-    pub fn every_token(
+    pub fn build(
         rows: &[(&[u32], &[bool])],
         pad: u32,
-        device: &Device,
-    ) -> Result<MicroBatch> {
-        MicroBatch::build(rows, pad, true, device)
-    }
-
-    fn build(
-        rows: &[(&[u32], &[bool])],
-        pad: u32,
-        every: bool,
+        learn: Learn,
         device: &Device,
     ) -> Result<MicroBatch> {
         let inputs: Vec<Vec<u32>> = rows
@@ -189,19 +207,46 @@ impl MicroBatch {
             .collect();
         let width = inputs.iter().map(Vec::len).max().unwrap_or(0);
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        let (mut prompt_positions, mut prompt_targets) = (Vec::new(), Vec::new());
         for (b, (ids, mask)) in rows.iter().enumerate() {
             for t in 0..ids.len().saturating_sub(1) {
-                if every || mask[t + 1] {
-                    positions.push((b * width + t) as u32);
+                let flat = (b * width + t) as u32;
+                if mask[t + 1] || learn == Learn::EveryToken {
+                    positions.push(flat);
                     targets.push(ids[t + 1]);
+                } else if learn == Learn::PromptInBatch {
+                    prompt_positions.push(flat);
+                    prompt_targets.push(ids[t + 1]);
                 }
             }
         }
-        let loss_tokens = positions.len();
+        let prompt = match prompt_positions.is_empty() {
+            true => None,
+            false => {
+                let shortlist: BTreeSet<u32> = rows
+                    .iter()
+                    .flat_map(|(ids, _)| ids.iter().copied())
+                    .collect();
+                let shortlist: Vec<u32> = shortlist.into_iter().collect();
+                let slots: Vec<u32> = prompt_targets
+                    .iter()
+                    .map(|id| shortlist.binary_search(id).expect("a row's own token") as u32)
+                    .collect();
+                let (m, s) = (slots.len(), shortlist.len());
+                Some(InBatch {
+                    positions: Tensor::from_vec(prompt_positions, m, device)?,
+                    shortlist: Tensor::from_vec(shortlist, s, device)?,
+                    slots: Tensor::from_vec(slots, m, device)?,
+                })
+            }
+        };
+        let loss_tokens = positions.len() + prompt_targets.len();
+        let n = positions.len();
         Ok(MicroBatch {
             batch: Batch::padded(&inputs, pad, false, device)?,
-            positions: Tensor::from_vec(positions, loss_tokens, device)?,
-            targets: Tensor::from_vec(targets, loss_tokens, device)?,
+            positions: Tensor::from_vec(positions, n, device)?,
+            targets: Tensor::from_vec(targets, n, device)?,
+            prompt,
             tokens: inputs.iter().map(Vec::len).sum(),
             loss_tokens,
         })
@@ -211,11 +256,16 @@ impl MicroBatch {
     /// `[B, T, hidden]`: the head runs on those positions only.
     pub fn loss(&self, model: &Decoder, hidden: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
-        let picked = hidden
-            .reshape((b * t, h))?
-            .index_select(&self.positions, 0)?;
-        let nll = model.token_nll(&picked, &self.targets)?;
-        nll.sum_all()? * scale
+        let flat = hidden.reshape((b * t, h))?;
+        let picked = flat.index_select(&self.positions, 0)?;
+        let mut sum = model.token_nll(&picked, &self.targets)?.sum_all()?;
+        if let Some(p) = &self.prompt {
+            let picked = flat.index_select(&p.positions, 0)?;
+            let nll = model.shortlist_nll(&picked, &p.shortlist, &p.slots)?;
+            let extra = nll.sum_all()?.to_dtype(sum.dtype())?;
+            sum = (sum + extra)?;
+        }
+        sum * scale
     }
 }
 
@@ -304,10 +354,23 @@ mod tests {
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
         assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [12, 13, 21]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 3));
+        assert!(mb.prompt.is_none());
         // Learning every token: the prompt's too.
-        let mb = MicroBatch::every_token(&rows, 0, &Device::Cpu).unwrap();
+        let mb = MicroBatch::build(&rows, 0, Learn::EveryToken, &Device::Cpu).unwrap();
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [0, 1, 2, 3]);
         assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [11, 12, 13, 21]);
+        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
+        // The prompt under the in-batch softmax: row 0's position 0 learns 11, one of the six
+        // tokens of the batch; the answers stay under the full vocabulary.
+        let mb = MicroBatch::build(&rows, 0, Learn::PromptInBatch, &Device::Cpu).unwrap();
+        assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
+        let prompt = mb.prompt.as_ref().unwrap();
+        assert_eq!(prompt.positions.to_vec1::<u32>().unwrap(), [0]);
+        assert_eq!(
+            prompt.shortlist.to_vec1::<u32>().unwrap(),
+            [10, 11, 12, 13, 20, 21]
+        );
+        assert_eq!(prompt.slots.to_vec1::<u32>().unwrap(), [1]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
     }
 }

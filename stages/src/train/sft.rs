@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::adapter;
-use super::batch::{MicroBatch, Order, Rows};
+use super::batch::{Learn, MicroBatch, Order, Rows};
 use super::checkpoint::{self, Best, TrainState};
 use super::memory::MemoryProbe;
 use super::optim::AdamWConfig;
@@ -64,6 +64,14 @@ pub enum DtypeParam {
     Bf16,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputSoftmax {
+    #[default]
+    Full,
+    Batch,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftParams {
@@ -97,6 +105,11 @@ pub struct SftParams {
     /// dev loss stays the answer tokens'.
     #[serde(default)]
     pub train_on_inputs: bool,
+    /// The softmax the prompt's tokens are learned under with `train_on_inputs`: `full` (the
+    /// vocabulary, exact) or `batch` (the micro-batch's own tokens only: a sampled softmax that
+    /// costs next to nothing, where `full` takes a pass over the vocabulary per prompt token).
+    #[serde(default)]
+    pub input_softmax: InputSoftmax,
     /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
     #[serde(default = "default_embedding_lr_scale")]
     pub embedding_lr_scale: f64,
@@ -196,6 +209,11 @@ impl SftParams {
         }
         if self.max_steps == Some(0) {
             return fail("`max_steps` must be at least 1");
+        }
+        if self.input_softmax != InputSoftmax::Full && !self.train_on_inputs {
+            return fail(
+                "`input_softmax` applies to the prompt's tokens: set `train_on_inputs: true`",
+            );
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return fail("`lr` must be a positive number");
@@ -404,6 +422,11 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let save_every = params.save_every.unwrap_or(params.eval_every);
     let mut order = Order::new(params.seed, train.len());
     let eval_batch = params.micro_batch_size;
+    let learn = match (params.train_on_inputs, params.input_softmax) {
+        (false, _) => Learn::Answers,
+        (true, InputSoftmax::Full) => Learn::EveryToken,
+        (true, InputSoftmax::Batch) => Learn::PromptInBatch,
+    };
 
     let (mut state, mut best_values, resumed_from) =
         match checkpoint::restore(ctx.state, &mut trainer)? {
@@ -464,10 +487,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
             .iter()
             .map(|rows| {
                 let rows: Vec<_> = rows.iter().map(|&i| train.get(i)).collect();
-                match params.train_on_inputs {
-                    true => MicroBatch::every_token(&rows, pad, &candle),
-                    false => MicroBatch::new(&rows, pad, &candle),
-                }
+                MicroBatch::build(&rows, pad, learn, &candle)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(candle_err)?;
@@ -611,6 +631,7 @@ mod tests {
         assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
         assert_eq!(p.embedding_lr_scale, 1.0);
         assert!(!p.train_on_inputs);
+        assert_eq!(p.input_softmax, InputSoftmax::Full);
         assert_eq!(
             (p.quant, p.device, p.dtype),
             (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
@@ -626,6 +647,7 @@ mod tests {
     fn bad_params_say_what_is_wrong() {
         for (json, needle) in [
             (json!({"epochs": 1, "max_steps": 5}), "not both"),
+            (json!({"input_softmax": "batch"}), "train_on_inputs"),
             (
                 json!({"lora_targets": ["q", "lm_head"]}),
                 "unknown variant `lm_head`",
