@@ -3,7 +3,8 @@
 # in target/device/ and the PyTorch baselines in target/baselines/ (whichever of the two was
 # carried runs). Writes everything under $OUT (default /tmp/out).
 #   bash bench/model/device.sh decode    # forge decode_bench + HF generate (torch_lora_baseline.py)
-#   bash bench/model/device.sh tests     # the CUDA tests: CPU agreement, softmax and NF4 kernels
+#   bash bench/model/device.sh tests [FILTER]  # the CUDA tests (CPU agreement, softmax and NF4
+#                                        # kernels, the decode graph), or those matching FILTER
 #   bash bench/model/device.sh sft       # forge bench sft (QLoRA NF4, LoRA bf16) + PEFT (+ bnb)
 # Peak GPU memory of decode_bench comes from nvidia-smi sampled every 50 ms (whole device, CUDA
 # context included); forge bench sft reports its own (device memory in use, sampled per step);
@@ -46,7 +47,7 @@ tests)
   # the path they were compiled in.
   src=$(strings "$dev/stages_tests" | grep -o '/work/[a-z-]*/stages' | head -1 | sed 's|/stages$||' || true)
   if [ -n "$src" ] && [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")"; ln -s "$PWD" "$src"; fi
-  "$dev/stages_tests" cuda --nocapture 2>&1 | tail -40
+  "$dev/stages_tests" "${2:-cuda}" --nocapture 2>&1 | tail -40
   ;;
 sft)
   if $forge; then

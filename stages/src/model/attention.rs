@@ -82,6 +82,21 @@ pub struct KvBuffers {
 /// A layer's cache; `None` before the first forward.
 pub type LayerCache = Option<KvBuffers>;
 
+/// Where a forward's keys and values go.
+#[derive(Debug)]
+pub enum CacheWrite<'a> {
+    /// Appended to the layer's cache, which grows as needed; attention sees the filled slots.
+    Append(&'a mut LayerCache),
+    /// Written in place into buffers that keep their address (a captured CUDA graph's, see
+    /// [`super::graph`]) at the slot `index` holds: u32 `[B, kv_heads, T, head_dim]`, every
+    /// element the slot number. Attention runs over every slot of the buffers; the context's mask
+    /// hides those not written yet.
+    At {
+        buffers: &'a KvBuffers,
+        index: &'a Tensor,
+    },
+}
+
 impl KvBuffers {
     /// Appends `k`, `v` `[B, kv_heads, T, head_dim]` to `slot` and returns every cached key and
     /// value (views of the buffers, `[B, kv_heads, len, head_dim]`).
@@ -109,6 +124,24 @@ impl KvBuffers {
         let views = (buffers.k.narrow(2, 0, len)?, buffers.v.narrow(2, 0, len)?);
         *slot = Some(KvBuffers { len, ..buffers });
         Ok(views)
+    }
+
+    /// Writes `k`, `v` `[B, kv_heads, T, head_dim]` at the slots of `index` (see
+    /// [`CacheWrite::At`]) and returns the whole buffers.
+    fn write_at(&self, k: &Tensor, v: &Tensor, index: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.k.scatter_set(index, &k.contiguous()?, 2)?;
+        self.v.scatter_set(index, &v.contiguous()?, 2)?;
+        Ok((self.k.clone(), self.v.clone()))
+    }
+
+    /// Batch rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.k.dims()[0]
+    }
+
+    /// Slots the buffers hold, filled or not.
+    fn capacity(&self) -> usize {
+        self.k.dims()[2]
     }
 
     /// The same contents in buffers of `capacity` slots.
@@ -167,6 +200,33 @@ impl KvCache {
         Ok(())
     }
 
+    /// Makes every layer's buffers hold `capacity` slots or more, so that slots up to there are
+    /// written in place, at addresses that stay fixed. Returns the capacity they have now (the
+    /// largest of the layers').
+    pub(crate) fn reserve(&mut self, capacity: usize) -> Result<usize> {
+        let mut reserved = capacity;
+        for slot in &mut self.layers {
+            if let Some(b) = slot.take() {
+                let b = if b.capacity() < capacity {
+                    b.grown(capacity)?
+                } else {
+                    b
+                };
+                reserved = reserved.max(b.capacity());
+                *slot = Some(b);
+            }
+        }
+        Ok(reserved)
+    }
+
+    /// Records that `t` more real slots were written in place ([`CacheWrite::At`]).
+    pub(crate) fn advance_in_place(&mut self, t: usize) {
+        for b in self.layers.iter_mut().flatten() {
+            b.len += t;
+        }
+        self.len += t;
+    }
+
     /// Keeps only the batch rows `rows` (in that order): finished sequences leave the batch.
     pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
         let Some(device) = self
@@ -211,12 +271,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x [B, T, hidden]` → `[B, T, hidden]`; with `cache`, keys and values are appended to it.
+    /// `x [B, T, hidden]` → `[B, T, hidden]`; with `cache`, keys and values are cached there.
     pub fn forward(
         &self,
         x: &Tensor,
         ctx: &AttentionContext,
-        cache: Option<&mut LayerCache>,
+        cache: Option<CacheWrite<'_>>,
         fused: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -238,7 +298,8 @@ impl Attention {
         let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
         let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
         let (k, v) = match cache {
-            Some(slot) => KvBuffers::append(slot, &k, &v)?,
+            Some(CacheWrite::Append(slot)) => KvBuffers::append(slot, &k, &v)?,
+            Some(CacheWrite::At { buffers, index }) => buffers.write_at(&k, &v, index)?,
             None => (k, v),
         };
         let s = k.dim(2)?;

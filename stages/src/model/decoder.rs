@@ -23,7 +23,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result as CandleResult, Tensor, Var};
 
 use super::ModelError;
-use super::attention::{Attention, AttentionContext, KvCache, attention_mask};
+use super::attention::{Attention, AttentionContext, CacheWrite, KvCache, attention_mask};
 use super::config::ModelConfig;
 use super::embedding::{Embedding, LmHead, TokenRows};
 use super::linear::{Linear, LinearId, Proj};
@@ -123,7 +123,7 @@ impl Layer {
         &self,
         x: &Tensor,
         ctx: &AttentionContext,
-        cache: Option<&mut super::attention::LayerCache>,
+        cache: Option<CacheWrite<'_>>,
         fused: bool,
     ) -> CandleResult<Tensor> {
         let eps = self.rms_norm_eps;
@@ -484,7 +484,7 @@ impl Decoder {
         let ctx = self.context(batch, cache.as_deref())?;
         let mut x = self.embedding.forward(&batch.ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_mut().map(|c| CacheWrite::Append(&mut c.layers[i]));
             x = layer.forward(&x, &ctx, slot, self.fused)?;
         }
         if let Some(cache) = cache {
@@ -492,6 +492,27 @@ impl Decoder {
             cache.advance(b, t, batch.valid.as_ref(), &self.device)?;
         }
         self.final_norm(&x)
+    }
+
+    /// Logits `[1, 1, vocab]` of one token `ids [1, 1]` whose keys and values are written in place
+    /// into `cache`'s buffers at the slot `index` holds ([`CacheWrite::At`]), with `ctx` for that
+    /// slot: the decoding step [`super::graph`] captures. The cache's bookkeeping is the caller's.
+    pub(crate) fn forward_in_place(
+        &self,
+        ids: &Tensor,
+        ctx: &AttentionContext,
+        index: &Tensor,
+        cache: &KvCache,
+    ) -> CandleResult<Tensor> {
+        let mut x = self.embedding.forward(ids)?;
+        for (layer, buffers) in self.layers.iter().zip(&cache.layers) {
+            let Some(buffers) = buffers else {
+                candle_core::bail!("writing in place into a cache that has no buffers yet");
+            };
+            let write = CacheWrite::At { buffers, index };
+            x = layer.forward(&x, ctx, Some(write), self.fused)?;
+        }
+        self.logits(&self.final_norm(&x)?)
     }
 
     /// [`Decoder::hidden`] for evaluation while trainable tensors take part: candle keeps an op's

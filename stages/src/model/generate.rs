@@ -4,7 +4,8 @@
 //!
 //! Prompts are left-padded into one batch (every row's next token lands in the last column) and
 //! prefilled in one forward; each step then feeds one token per row. A row that stops leaves the
-//! batch — its cache rows are dropped — so long generations do not pay for finished ones.
+//! batch — its cache rows are dropped — so long generations do not pay for finished ones. One row
+//! on a GPU steps through a [`DecodeGraph`] instead: the same step, replayed as a CUDA graph.
 //! Repetition is reported, never hidden: DESIGN.md's lesson is that merged adapters degenerate
 //! into loops that teacher-forced loss cannot see, so every [`Generation`] says whether its tail
 //! is periodic, and eval counts rows that hit the cap.
@@ -18,6 +19,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::ModelError;
 use super::decoder::{Batch, Decoder};
+use super::graph::DecodeGraph;
 use crate::StageError;
 use crate::data::format::{load_template, load_tokenizer};
 use crate::data::schema::{Message, Role};
@@ -181,6 +183,14 @@ pub fn generate(
         let t = hidden.dim(1)?;
         Some(model.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
     };
+    // One row on a GPU: each step is one replay of a CUDA graph (the host is the bottleneck).
+    let mut graph = if active.len() == 1 && device.is_cuda() {
+        let capacity = prompts[active[0]].len() + options.max_new_tokens;
+        let cache = std::mem::replace(&mut cache, model.new_cache());
+        Some(DecodeGraph::new(model, cache, capacity)?)
+    } else {
+        None
+    };
     while let Some(step_logits) = logits.take() {
         let chosen = choose(&step_logits, &options.sampling, &active, &mut rngs)?;
         let mut keep = Vec::with_capacity(active.len());
@@ -211,6 +221,10 @@ pub fn generate(
             .iter()
             .map(|&r| *tokens[r].last().expect("a token"))
             .collect();
+        if let Some(graph) = &mut graph {
+            logits = Some(graph.step(ids[0])?);
+            continue;
+        }
         let positions: Vec<u32> = active.iter().map(|&r| next_position[r]).collect();
         for &r in &active {
             next_position[r] += 1;

@@ -17,6 +17,7 @@
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
 //! - [`import`]: a GGUF (Llama family) → a Hugging Face directory (`forge model import`).
 //! - [`init`]: random-initialized models with the real tokenizer; the `model-init` stage.
+//! - [`graph`]: batch-1 decoding steps captured once as a CUDA graph and replayed per token.
 //! - [`generate`]: batched generation with a KV cache, sampling, stop tokens, repetition
 //!   detection, streaming; [`generate::chat`] for `forge generate`.
 
@@ -26,6 +27,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod fused;
 pub mod generate;
+pub mod graph;
 pub mod head_loss;
 pub mod import;
 pub mod init;
