@@ -240,6 +240,7 @@ pub(crate) mod tests {
     use crate::model::decoder::tests::fixture;
     use crate::model::linear::Proj;
     use crate::model::ops::tests::max_abs_diff;
+    use crate::train::batch::Learn;
 
     /// The qwen3 fixture (hidden 32, vocab 128) with every projection adapted and two token rows.
     pub fn config() -> TrainConfig {
@@ -362,6 +363,48 @@ pub(crate) mod tests {
             last.to_scalar::<f32>().unwrap(),
             trainer,
         )
+    }
+
+    #[test]
+    fn prompts_learn_under_the_batch_softmax_and_answers_under_the_full_one() {
+        let trainer = Trainer::new(fixture_model(), &config()).unwrap();
+        let rows = rows();
+        let refs: Vec<(&[u32], &[bool])> = rows
+            .iter()
+            .map(|(i, m)| (i.as_slice(), m.as_slice()))
+            .collect();
+        let mb = MicroBatch::build(&refs, 0, Learn::PromptInBatch, &Device::Cpu).unwrap();
+        let loss = trainer.gradients(&[mb], 0).unwrap().0;
+        // The same mean from the full logits, row by row.
+        let shortlist: std::collections::BTreeSet<u32> = rows
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        let (mut total, mut n) = (0f64, 0usize);
+        for (ids, mask) in &rows {
+            let inputs = vec![ids[..ids.len() - 1].to_vec()];
+            let batch = Batch::dense(&inputs, 0, &Device::Cpu).unwrap();
+            let logits = trainer.decoder.forward(&batch, None).unwrap();
+            let logits = logits.to_vec3::<f32>().unwrap().remove(0);
+            for (t, row) in logits.iter().enumerate() {
+                let over: Vec<usize> = match mask[t + 1] {
+                    true => (0..row.len()).collect(),
+                    false => shortlist.iter().map(|&id| id as usize).collect(),
+                };
+                let lse = over
+                    .iter()
+                    .map(|&j| f64::from(row[j]).exp())
+                    .sum::<f64>()
+                    .ln();
+                total += lse - f64::from(row[ids[t + 1] as usize]);
+                n += 1;
+            }
+        }
+        let (got, want) = (
+            f64::from(loss.to_scalar::<f32>().unwrap()),
+            total / n as f64,
+        );
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
     }
 
     #[test]
