@@ -1,13 +1,14 @@
 //! With the `cuda` feature, compiles each of [`KERNELS`] to PTX in `OUT_DIR` (embedded by
-//! `src/model/nf4.rs` and `src/model/fused.rs`). nvcc comes from `$CUDA_HOME/bin` or `PATH`; the architecture from
-//! `CUDA_COMPUTE_CAP` (`90` → `sm_90`, the default). Without the feature it does nothing.
+//! `src/model/nf4.rs`, `src/model/fused.rs` and `src/model/decode.rs`). nvcc comes from
+//! `$CUDA_HOME/bin` or `PATH`; the architecture from `CUDA_COMPUTE_CAP` (`90` → `sm_90`, the
+//! default). Without the feature it does nothing.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 /// The CUDA sources under `kernels/`, by name.
-const KERNELS: [&str; 2] = ["nf4", "softmax"];
+const KERNELS: [&str; 3] = ["decode", "nf4", "softmax"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

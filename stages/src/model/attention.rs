@@ -9,8 +9,9 @@
 //! Grouped queries are computed without repeating keys and values: the queries of the `G` heads
 //! sharing a KV head are stacked as `G·T` rows of one matmul per KV head.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::decode;
 use super::linear::Linear;
 use super::ops::{masked_softmax, rms_norm};
 use super::rope;
@@ -281,9 +282,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q.forward(x)?.reshape((b, t, h, d))?;
-        let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
-        let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
+        let (q, k, v) = self.project_qkv(x)?;
+        let q = q.reshape((b, t, h, d))?;
+        let k = k.reshape((b, t, kvh, d))?;
+        let v = v.reshape((b, t, kvh, d))?;
         let q = match &self.q_norm {
             Some(w) => rms_norm(&q, w, self.rms_norm_eps, fused)?,
             None => q,
@@ -315,6 +317,26 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, h * d))?;
         self.o.forward(&out)
+    }
+
+    /// `x`'s queries, keys and values: one kernel for the three when decoding one row with plain
+    /// dense weights ([`super::decode`]).
+    fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        if let (Some(q), Some(k), Some(v)) = (
+            self.q.plain_dense(),
+            self.k.plain_dense(),
+            self.v.plain_dense(),
+        ) && [q, k, v].iter().all(|w| decode::applies(x, w))
+        {
+            let qkv = decode::project_stacked(x, &[q, k, v])?;
+            let (nq, nk) = (q.dim(0)?, k.dim(0)?);
+            return Ok((
+                qkv.narrow(D::Minus1, 0, nq)?,
+                qkv.narrow(D::Minus1, nq, nk)?,
+                qkv.narrow(D::Minus1, nq + nk, v.dim(0)?)?,
+            ));
+        }
+        Ok((self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?))
     }
 }
 

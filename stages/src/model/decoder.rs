@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Result as CandleResult, Tensor, Var};
 use super::ModelError;
 use super::attention::{Attention, AttentionContext, CacheWrite, KvCache, attention_mask};
 use super::config::ModelConfig;
+use super::decode;
 use super::embedding::{Embedding, LmHead, TokenRows};
 use super::linear::{Linear, LinearId, Proj};
 use super::load::{self, CONFIG_FILE};
@@ -103,6 +104,12 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        if let (Some(g), Some(u)) = (self.gate.plain_dense(), self.up.plain_dense())
+            && decode::applies(x, g)
+            && decode::applies(x, u)
+        {
+            return self.down.forward(&decode::swiglu(x, g, u)?);
+        }
         self.down
             .forward(&swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?)
     }

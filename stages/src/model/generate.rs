@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::ModelError;
 use super::decoder::{Batch, Decoder};
@@ -256,7 +256,7 @@ fn choose(
     rngs: &mut [Rng],
 ) -> Result<Vec<u32>, ModelError> {
     match *sampling {
-        Sampling::Greedy => Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?),
+        Sampling::Greedy => Ok(super::decode::argmax(logits)?.to_vec1::<u32>()?),
         Sampling::Sample {
             temperature, top_p, ..
         } => {

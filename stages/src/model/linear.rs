@@ -26,6 +26,10 @@ pub trait LinearWeight: Send + Sync + fmt::Debug {
     /// The weight as a dense `[out, in]` tensor (dequantized if the weight is quantized): for
     /// merging adapters and for saving.
     fn dense(&self) -> Result<Tensor>;
+    /// The weight itself when it is stored dense (`[out, in]`), for kernels that read it directly.
+    fn as_dense(&self) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// Something added to a linear layer's output, computed from the same input (LoRA).
@@ -53,6 +57,9 @@ impl LinearWeight for DenseWeight {
     fn dense(&self) -> Result<Tensor> {
         Ok(self.weight.clone())
     }
+    fn as_dense(&self) -> Option<&Tensor> {
+        Some(&self.weight)
+    }
 }
 
 /// `x [.., in] · wᵀ` for `w [out, in]`, flattening leading dims into one matmul.
@@ -67,8 +74,12 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// `x · wᵀ` by the cheapest op that gives every gradient asked for:
-/// [`super::fused::frozen_matmul_t`] when only `x` needs one, [`matmul_t`] otherwise.
+/// [`super::fused::frozen_matmul_t`] when only `x` needs one, [`matmul_t`] otherwise; one row
+/// decoding on a GPU (no gradient) by [`super::decode::project`].
 pub fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if super::decode::applies(x, w) {
+        return super::decode::project(x, w);
+    }
     if x.track_op() && !w.track_op() {
         let w = w.clone();
         super::fused::frozen_matmul_t(x, Arc::new(move || Ok(w.clone())))
@@ -124,6 +135,15 @@ impl Linear {
         }
         self.weight = weight;
         Ok(())
+    }
+
+    /// The dense weight of a layer that is nothing else (no bias, no adapter): `x·Wᵀ` is all it
+    /// computes.
+    pub fn plain_dense(&self) -> Option<&Tensor> {
+        match (&self.bias, &self.adapter) {
+            (None, None) => self.weight.as_dense(),
+            _ => None,
+        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {

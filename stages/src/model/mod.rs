@@ -17,12 +17,14 @@
 //! - [`load`]: safetensors in and out (single file or sharded; f32, bf16, f16).
 //! - [`import`]: a GGUF (Llama family) → a Hugging Face directory (`forge model import`).
 //! - [`init`]: random-initialized models with the real tokenizer; the `model-init` stage.
+//! - [`decode`]: CUDA kernels for decoding one row: bf16 projections, SwiGLU, greedy argmax.
 //! - [`graph`]: batch-1 decoding steps captured once as a CUDA graph and replayed per token.
 //! - [`generate`]: batched generation with a KV cache, sampling, stop tokens, repetition
 //!   detection, streaming; [`generate::chat`] for `forge generate`.
 
 pub mod attention;
 pub mod config;
+pub mod decode;
 pub mod decoder;
 pub mod embedding;
 pub mod fused;

@@ -1,0 +1,329 @@
+//! CUDA kernels for decoding one row (`kernels/decode.cu`): projections `x·Wᵀ` and SwiGLU's
+//! `silu(x·Gᵀ) · (x·Uᵀ)` (one pass over both weights) of one bf16 row, and the greedy argmax.
+//!
+//! Why: decoding one row reads every weight once per token, so its speed is the memory bandwidth
+//! its matrix-vector products reach; cuBLAS's kernels for this shape reached 2.2-2.9 TB/s of an
+//! H100's ~3.35 in bench/RESULTS.md's profile, and SwiGLU cost two products plus two elementwise
+//! kernels. candle's argmax takes ~100 µs per 151,936-token row. [`applies`] says when the
+//! products run here; everything else (training, prefill, batches, other dtypes and devices)
+//! stays on candle's matmul.
+
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
+
+/// Whether [`project`] and [`swiglu`] compute `x · wᵀ` for `x [.., k]`: one row of bf16 on CUDA
+/// that tracks no gradient, and a contiguous bf16 `w [n, k]` with `k` a multiple of 8.
+pub fn applies(x: &Tensor, w: &Tensor) -> bool {
+    let aligned = |t: &Tensor| t.is_contiguous() && t.layout().start_offset().is_multiple_of(8);
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && !x.track_op()
+        && x.elem_count() == w.dim(1).unwrap_or(0)
+        && w.rank() == 2
+        && x.elem_count().is_multiple_of(8)
+        && aligned(x)
+        && aligned(w)
+}
+
+/// `x [.., k] · wᵀ` → `[.., n]` (see [`applies`]).
+pub fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    project_stacked(x, &[w])
+}
+
+/// `x · [w0; w1; …]ᵀ` → `[.., n0 + n1 + …]` for up to three weights `[n_i, k]` (each as in
+/// [`applies`]): q, k and v in one launch.
+pub fn project_stacked(x: &Tensor, weights: &[&Tensor]) -> Result<Tensor> {
+    if weights.is_empty() || weights.len() > 3 {
+        candle_core::bail!("gemv stacks 1 to 3 weights, not {}", weights.len());
+    }
+    x.apply_op1_no_bwd(&Gemv {
+        weights: weights.iter().map(|&w| w.clone()).collect(),
+        swiglu: false,
+    })
+}
+
+/// `silu(x · gᵀ) · (x · uᵀ)` → `[.., n]` for `g`, `u` `[n, k]` (see [`applies`], for both).
+pub fn swiglu(x: &Tensor, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if g.dims() != u.dims() {
+        candle_core::bail!("swiglu: gate {:?} and up {:?} differ", g.dims(), u.dims());
+    }
+    x.apply_op1_no_bwd(&Gemv {
+        weights: vec![g.clone(), u.clone()],
+        swiglu: true,
+    })
+}
+
+/// The index of each row's largest logit: `[.., vocab]` → u32 `[..]`, the first of equals (as
+/// candle's argmax picks).
+pub fn argmax(logits: &Tensor) -> Result<Tensor> {
+    if cfg!(feature = "cuda")
+        && logits.device().is_cuda()
+        && matches!(logits.dtype(), DType::F32 | DType::BF16)
+    {
+        return logits.contiguous()?.apply_op1_no_bwd(&Argmax);
+    }
+    logits.argmax(D::Minus1)
+}
+
+/// Stacked projections, or (`swiglu`) SwiGLU's gate and up.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Gemv {
+    weights: Vec<Tensor>,
+    swiglu: bool,
+}
+
+impl CustomOp1 for Gemv {
+    fn name(&self) -> &'static str {
+        "gemv"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gemv runs on CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        use candle_core::{Storage, bail};
+        use half::bf16;
+
+        const WARPS: usize = 8;
+
+        let k = self.weights[0].dim(1)?;
+        let rows: Vec<usize> = self
+            .weights
+            .iter()
+            .map(|w| w.dim(0))
+            .collect::<Result<_>>()?;
+        let n = if self.swiglu {
+            rows[0]
+        } else {
+            rows.iter().sum()
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("gemv: x is not contiguous");
+        };
+        if end - start != k {
+            bail!("gemv: x {:?} for weights of {k} columns", layout.dims());
+        }
+        let dev = x.device();
+        let x = x.as_cuda_slice::<bf16>()?.slice(start..end);
+        let guards: Vec<_> = self
+            .weights
+            .iter()
+            .map(|w| w.storage_and_layout())
+            .collect();
+        let mut views = Vec::with_capacity(guards.len());
+        for (storage, layout) in &guards {
+            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+            else {
+                bail!("gemv: a weight is not contiguous on the GPU");
+            };
+            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
+        }
+        // Enough warps for ~4096 in all (a few dozen per SM): a few rows get several each.
+        let per_row = [1, 2, 4, 8]
+            .into_iter()
+            .find(|p| n * p >= 4096)
+            .unwrap_or(8);
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<bf16>(n)? };
+        let kernel = match self.swiglu {
+            true => format!("gemv_swiglu_bf16_{per_row}"),
+            false => format!("gemv_bf16_{per_row}"),
+        };
+        let func = dev.get_or_load_custom_func(&kernel, MODULE, PTX)?;
+        let (n_arg, k_arg) = (n as i32, k as i32);
+        let counts: Vec<i32> = (0..3)
+            .map(|i| rows.get(i).map_or(0, |&r| r as i32))
+            .collect();
+        let mut b = func.builder();
+        b.arg(&x);
+        if self.swiglu {
+            b.arg(&views[0]).arg(&views[1]).arg(&out);
+            b.arg(&n_arg);
+        } else {
+            // Absent weights: the first again, with no rows.
+            for i in 0..3 {
+                b.arg(&views[i.min(views.len() - 1)]);
+            }
+            b.arg(&out);
+            b.arg(&counts[0]).arg(&counts[1]).arg(&counts[2]);
+        }
+        b.arg(&k_arg);
+        let config = LaunchConfig {
+            grid_dim: ((n * per_row).div_ceil(WARPS) as u32, 1, 1),
+            block_dim: (32 * WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `gemv_bf16_*` / `gemv_swiglu_bf16_*` in kernels/decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        let mut dims = layout.dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = n;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), dims.into()))
+    }
+}
+
+struct Argmax;
+
+impl CustomOp1 for Argmax {
+    fn name(&self) -> &'static str {
+        "argmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("this argmax runs on CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+        };
+        use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        use half::bf16;
+
+        let dims = layout.dims();
+        let Some((&cols, lead)) = dims.split_last() else {
+            candle_core::bail!("argmax of a scalar");
+        };
+        let rows: usize = lead.iter().product();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("argmax: the logits are not contiguous");
+        };
+        fn run<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+            x: &CudaStorage,
+            (start, end): (usize, usize),
+            kernel: &str,
+            rows: usize,
+            cols: usize,
+        ) -> Result<CudaSlice<u32>> {
+            let dev = x.device();
+            let x = x.as_cuda_slice::<T>()?.slice(start..end);
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<u32>(rows)? };
+            let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+            let cols = cols as i32;
+            let mut b = func.builder();
+            b.arg(&x).arg(&out).arg(&cols);
+            let config = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match `argmax_*` in kernels/decode.cu.
+            unsafe { b.launch(config) }.w()?;
+            Ok(out)
+        }
+        let range = (start, end);
+        let out = match x.dtype() {
+            DType::F32 => run::<f32>(x, range, "argmax_f32", rows, cols)?,
+            DType::BF16 => run::<bf16>(x, range, "argmax_bf16", rows, cols)?,
+            other => candle_core::bail!("argmax of {other:?} logits"),
+        };
+        let dev = x.device().clone();
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), lead.into()))
+    }
+}
+
+/// The kernels' module, as candle loads it.
+#[cfg(feature = "cuda")]
+const MODULE: &str = "forge_decode";
+
+#[cfg(feature = "cuda")]
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+
+#[cfg(test)]
+mod tests {
+    /// On the GPU machine: both kernels against candle's matmul in f32 on the same bf16 values.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_gemv_matches_matmul() {
+        use candle_core::{DType, Device, Tensor};
+
+        use super::*;
+        use crate::model::linear::matmul_t;
+        use crate::model::ops::tests::max_abs_diff;
+
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        for (n, k) in [(24, 8), (1000, 2560), (2560, 9728), (37, 264)] {
+            let values = |rows: usize, seed: usize| {
+                let v: Vec<f32> = (0..rows * k)
+                    .map(|i| (((i * 7919 + seed) % 1999) as f32 - 999.0) / 999.0)
+                    .collect();
+                Tensor::from_vec(v, (rows, k), &gpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let (x, g, u) = (
+                values(1, 1).unsqueeze(0).unwrap(),
+                values(n, 2),
+                values(n, 3),
+            );
+            let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert!(applies(&x, &g));
+            let want = matmul_t(&up(&x), &up(&g)).unwrap();
+            let got = project(&x, &g).unwrap();
+            assert_eq!(got.dims(), [1, 1, n]);
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+            let err = max_abs_diff(&up(&got), &want);
+            println!("gemv [{n}, {k}]: max abs error {err:.2e} (values up to {scale:.1})");
+            assert!(err <= 1e-2 * scale.max(1.0), "gemv [{n}, {k}]: {err}");
+            let up_part = matmul_t(&up(&x), &up(&u)).unwrap();
+            let stacked = project_stacked(&x, &[&g, &u, &g]).unwrap();
+            let want_stacked = Tensor::cat(&[&want, &up_part, &want], 2).unwrap();
+            let err = max_abs_diff(&up(&stacked), &want_stacked);
+            assert!(
+                err <= 1e-2 * scale.max(1.0),
+                "stacked [3 × {n}, {k}]: {err}"
+            );
+            let want = (want.silu().unwrap() * up_part).unwrap();
+            let got = swiglu(&x, &g, &u).unwrap();
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+            let err = max_abs_diff(&up(&got), &want);
+            println!("swiglu [{n}, {k}]: max abs error {err:.2e} (values up to {scale:.1})");
+            assert!(err <= 1e-2 * scale.max(1.0), "swiglu [{n}, {k}]: {err}");
+        }
+    }
+
+    /// On the GPU machine: the argmax kernel picks what candle's argmax picks on the CPU, the
+    /// first of equal values included.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_argmax_matches_the_cpu() {
+        use candle_core::{D, DType, Device, Tensor};
+
+        use super::*;
+
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        let vocab = 151_936;
+        let mut v: Vec<f32> = (0..3 * vocab)
+            .map(|i| ((i * 7919 % 100_003) as f32) / 100_003.0)
+            .collect();
+        // Row 1: its maximum twice; row 2: every value equal.
+        v[vocab + 70_000] = 2.0;
+        v[vocab + 150_000] = 2.0;
+        v[2 * vocab..].fill(0.5);
+        let cpu = Tensor::from_vec(v, (3, vocab), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let x = cpu.to_dtype(dtype).unwrap();
+            let want = x.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
+            let got = argmax(&x.to_device(&gpu).unwrap()).unwrap();
+            assert_eq!(got.to_vec1::<u32>().unwrap(), want, "{dtype:?}");
+            assert_eq!(want[1..], [70_000, 0]);
+        }
+    }
+}
