@@ -195,6 +195,7 @@ impl MicroBatch {
         MicroBatch::build(rows, pad, Learn::Answers, device)
     }
 
+    /// As [`MicroBatch::new`], learning the positions `learn` says.
     pub fn build(
         rows: &[(&[u32], &[bool])],
         pad: u32,
