@@ -205,3 +205,144 @@ extern "C" __global__ void argmax_f32(const float* x, uint32_t* out, int cols) {
 extern "C" __global__ void argmax_bf16(const __nv_bfloat16* x, uint32_t* out, int cols) {
     argmax_rows(x, out, cols);
 }
+
+// Attention of one query row over a fixed-capacity KV cache (a decode graph's, see
+// stages/src/model/graph.rs): q [H, D], k and v [KVH, CAP, D] bf16, slots <= the current one (read
+// from device memory: `index[0]`) visible, query head h reading KV head h / (H / KVH).
+//
+// Bound by latency: a few MB of cache per layer, read once. Each block takes one query head and
+// a span of slots (all its K and V loads issued at once), softmaxes its part and writes the
+// partial result (its max, its sum of exponentials, its weighted sum of values) in f32;
+// attention_combine merges a head's parts. A head's D values are read by D/8 lanes, 16 bytes each.
+#define ATT_THREADS 256
+#define ATT_PER 4
+
+__device__ __forceinline__ void unpack8(uint4 a, float* f) {
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(&a);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(p[i] << 16);
+        f[2 * i + 1] = __uint_as_float(p[i] & 0xffff0000u);
+    }
+}
+
+template <int D>
+__device__ void attention_part(const __nv_bfloat16* __restrict__ q,
+                               const __nv_bfloat16* __restrict__ k,
+                               const __nv_bfloat16* __restrict__ v,
+                               const uint32_t* __restrict__ index, float* __restrict__ part,
+                               int cap, int group, float scale) {
+    constexpr int LANES = D / 8;
+    constexpr int GROUPS = ATT_THREADS / LANES;
+    constexpr int SPAN = GROUPS * ATT_PER;
+    __shared__ float red[GROUPS][D];
+    __shared__ float warp_m[ATT_THREADS / 32], warp_l[ATT_THREADS / 32];
+    int head = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    int kv = head / group;
+    int g = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
+    long long cur = index[0];
+    int base = split * SPAN;
+    float* out = part + ((long long)head * splits + split) * (D + 2);
+    if (base > cur) {
+        for (int i = threadIdx.x; i < D + 2; i += ATT_THREADS)
+            out[i] = i == D ? -INFINITY : 0.0f;
+        return;
+    }
+    float qf[8];
+    unpack8(reinterpret_cast<const uint4*>(q + (long long)head * D)[lane], qf);
+    const uint4* kh = reinterpret_cast<const uint4*>(k + (long long)kv * cap * D);
+    const uint4* vh = reinterpret_cast<const uint4*>(v + (long long)kv * cap * D);
+    uint4 kr[ATT_PER], vr[ATT_PER];
+    bool valid[ATT_PER];
+#pragma unroll
+    for (int p = 0; p < ATT_PER; p++) {
+        long long j = base + p * GROUPS + g;
+        valid[p] = j <= cur && j < cap;
+        kr[p] = valid[p] ? load_once(kh + j * LANES + lane) : make_uint4(0, 0, 0, 0);
+        vr[p] = valid[p] ? load_once(vh + j * LANES + lane) : make_uint4(0, 0, 0, 0);
+    }
+    float s[ATT_PER];
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < ATT_PER; p++) {
+        float kf[8];
+        unpack8(kr[p], kf);
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) d = fmaf(qf[i], kf[i], d);
+        for (int o = LANES / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffff, d, o);
+        s[p] = valid[p] ? d * scale : -INFINITY;
+        m = fmaxf(m, s[p]);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    if (wl == 0) warp_m[warp] = m;
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < ATT_THREADS / 32; w++) m = fmaxf(m, warp_m[w]);
+    // Slot `base` is visible, so m is finite.
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float l = 0.0f;
+#pragma unroll
+    for (int p = 0; p < ATT_PER; p++) {
+        float e = valid[p] ? expf(s[p] - m) : 0.0f;
+        l += e;
+        float vf[8];
+        unpack8(vr[p], vf);
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] = fmaf(e, vf[i], acc[i]);
+    }
+    // Every lane of a group holds the group's sum: count it once.
+    l = lane == 0 ? l : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+    if (wl == 0) warp_l[warp] = l;
+#pragma unroll
+    for (int i = 0; i < 8; i++) red[g][lane * 8 + i] = acc[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
+        float sum = 0.0f;
+        for (int r = 0; r < GROUPS; r++) sum += red[r][i];
+        out[i] = sum;
+    }
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        for (int w = 0; w < ATT_THREADS / 32; w++) total += warp_l[w];
+        out[D] = m;
+        out[D + 1] = total;
+    }
+}
+
+// out [H, D] bf16 from the parts [H, splits, D + 2]; one block of D threads per head.
+template <int D>
+__device__ void attention_combine(const float* __restrict__ part, __nv_bfloat16* __restrict__ y,
+                                  int splits) {
+    int head = blockIdx.x;
+    const float* p = part + (long long)head * splits * (D + 2);
+    float m = -INFINITY;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, p[s * (D + 2) + D]);
+    float l = 0.0f, acc = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        float ms = p[s * (D + 2) + D];
+        float w = ms == -INFINITY ? 0.0f : expf(ms - m);
+        l = fmaf(w, p[s * (D + 2) + D + 1], l);
+        acc = fmaf(w, p[s * (D + 2) + threadIdx.x], acc);
+    }
+    y[(long long)head * D + threadIdx.x] = __float2bfloat16_rn(acc / l);
+}
+
+#define ATTENTION(D)                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_part_bf16_##D(        \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,               \
+        const uint32_t* index, float* part, int cap, int group, float scale) {                 \
+        attention_part<D>(q, k, v, index, part, cap, group, scale);                            \
+    }                                                                                          \
+    extern "C" __global__ void attention_combine_bf16_##D(const float* part,                  \
+                                                          __nv_bfloat16* y, int splits) {      \
+        attention_combine<D>(part, y, splits);                                                 \
+    }
+ATTENTION(8)
+ATTENTION(16)
+ATTENTION(32)
+ATTENTION(64)
+ATTENTION(128)
+ATTENTION(256)

@@ -299,24 +299,24 @@ impl Attention {
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
         let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
+        let scale = 1.0 / (d as f64).sqrt();
         let (k, v) = match cache {
             Some(CacheWrite::Append(slot)) => KvBuffers::append(slot, &k, &v)?,
-            Some(CacheWrite::At { buffers, index }) => buffers.write_at(&k, &v, index)?,
+            Some(CacheWrite::At { buffers, index }) => {
+                let (k, v) = buffers.write_at(&k, &v, index)?;
+                // One row over the whole buffers: one kernel, masked by the slot `index` holds
+                // (the context's mask says the same).
+                let q = q.contiguous()?;
+                if decode::attention_applies(&q, &k, &v, index) {
+                    let out = decode::attention(&q, &k, &v, index, scale)?;
+                    return self.o.forward(&out.reshape((b, t, h * d))?);
+                }
+                (k, v)
+            }
             None => (k, v),
         };
-        let s = k.dim(2)?;
-        let groups = h / kvh;
-        let scale = 1.0 / (d as f64).sqrt();
-        let q = q.reshape((b, kvh, groups * t, d))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
-        let probs = masked_softmax(&scores, ctx.mask.as_ref(), scale, fused)?;
-        let out = probs
-            .reshape((b, kvh, groups * t, s))?
-            .matmul(&v)?
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
-        self.o.forward(&out)
+        self.o
+            .forward(&attend(&q, &k, &v, ctx.mask.as_ref(), scale, fused)?)
     }
 
     /// `x`'s queries, keys and values: one kernel for the three when decoding one row with plain
@@ -338,6 +338,30 @@ impl Attention {
         }
         Ok((self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?))
     }
+}
+
+/// Grouped-query attention of `q [B, heads, T, d]` over `k`, `v` `[B, kv_heads, S, d]` with
+/// `mask` (broadcast to `[B, heads, T, S]`) and `scale` → `[B, T, heads · d]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    fused: bool,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kvh, s) = (k.dim(1)?, k.dim(2)?);
+    let groups = h / kvh;
+    let q = q.reshape((b, kvh, groups * t, d))?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+    let probs = masked_softmax(&scores, mask, scale, fused)?;
+    probs
+        .reshape((b, kvh, groups * t, s))?
+        .matmul(v)?
+        .reshape((b, h, t, d))?
+        .transpose(1, 2)?
+        .reshape((b, t, h * d))
 }
 
 #[cfg(test)]

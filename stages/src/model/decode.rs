@@ -7,6 +7,10 @@
 //! kernels. candle's argmax takes ~100 µs per 151,936-token row. [`applies`] says when the
 //! products run here; everything else (training, prefill, batches, other dtypes and devices)
 //! stays on candle's matmul.
+//!
+//! [`attention`]: one query row over a decode graph's fixed-capacity KV cache, masked by the
+//! current slot read on the device, in two launches (parts over spans of slots, then their merge)
+//! instead of candle's two matmuls and softmax (~10 µs a layer on an H100).
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 
@@ -64,6 +68,141 @@ pub fn argmax(logits: &Tensor) -> Result<Tensor> {
         return logits.contiguous()?.apply_op1_no_bwd(&Argmax);
     }
     logits.argmax(D::Minus1)
+}
+
+/// Head sizes the attention kernel is built for.
+const ATTENTION_HEAD_DIMS: [usize; 6] = [8, 16, 32, 64, 128, 256];
+
+/// Whether [`attention`] computes the attention of `q [1, heads, 1, d]` over a fixed-capacity
+/// cache `k`, `v [1, kv_heads, capacity, d]` (a decode graph's): bf16 on CUDA, no gradient,
+/// contiguous and 16-byte aligned, `heads` a multiple of `kv_heads`, `d` one of 8, 16, …, 256,
+/// and `index` contiguous u32 whose first element is the current slot.
+pub fn attention_applies(q: &Tensor, k: &Tensor, v: &Tensor, index: &Tensor) -> bool {
+    let aligned = |t: &Tensor| t.is_contiguous() && t.layout().start_offset().is_multiple_of(8);
+    let (Ok((1, h, 1, d)), Ok((1, kvh, cap, dk))) = (q.dims4(), k.dims4()) else {
+        return false;
+    };
+    cfg!(feature = "cuda")
+        && q.device().is_cuda()
+        && [q, k, v]
+            .iter()
+            .all(|t| t.dtype() == DType::BF16 && aligned(t))
+        && !q.track_op()
+        && v.dims() == k.dims()
+        && dk == d
+        && ATTENTION_HEAD_DIMS.contains(&d)
+        && kvh > 0
+        && h.is_multiple_of(kvh)
+        && cap > 0
+        && index.dtype() == DType::U32
+        && index.is_contiguous()
+        && index.elem_count() > 0
+}
+
+/// `softmax(scale · q·kᵀ, slots ≤ index[0]) · v` → `[1, heads, 1, d]` for one query row over a
+/// fixed-capacity cache, query head `i` reading KV head `i / (heads / kv_heads)` (see
+/// [`attention_applies`]); f32 inside.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, index: &Tensor, scale: f64) -> Result<Tensor> {
+    q.apply_op1_no_bwd(&Attention {
+        k: k.clone(),
+        v: v.clone(),
+        index: index.clone(),
+        scale: scale as f32,
+    })
+}
+
+/// [`attention`]'s op: `q` is the operand.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Attention {
+    k: Tensor,
+    v: Tensor,
+    index: Tensor,
+    scale: f32,
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("decode attention runs on CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        use candle_core::{Storage, bail};
+        use half::bf16;
+
+        const THREADS: usize = 256;
+        const PER: usize = 4;
+
+        let (_, h, _, d) = layout.shape().dims4()?;
+        let (_, kvh, cap, _) = self.k.dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("decode attention: q is not contiguous");
+        };
+        let dev = q.device();
+        let q = q.as_cuda_slice::<bf16>()?.slice(start..end);
+        let (k, v, index) = (
+            self.k.storage_and_layout(),
+            self.v.storage_and_layout(),
+            self.index.storage_and_layout(),
+        );
+        let mut views = Vec::with_capacity(2);
+        for (storage, layout) in [&k, &v] {
+            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+            else {
+                bail!("decode attention: the cache is not contiguous on the GPU");
+            };
+            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
+        }
+        let (Storage::Cuda(s), Some((i0, i1))) = (&*index.0, index.1.contiguous_offsets()) else {
+            bail!("decode attention: the slot index is not contiguous on the GPU");
+        };
+        let ii = s.as_cuda_slice::<u32>()?.slice(i0..i1);
+        let (kk, vv) = (&views[0], &views[1]);
+        let span = THREADS / (d / 8) * PER;
+        let splits = cap.div_ceil(span);
+        // SAFETY: every block writes its part; the combine writes every output.
+        let part = unsafe { dev.alloc::<f32>(h * splits * (d + 2))? };
+        let out = unsafe { dev.alloc::<bf16>(h * d)? };
+        let func = dev.get_or_load_custom_func(&format!("attention_part_bf16_{d}"), MODULE, PTX)?;
+        let (cap_arg, group_arg, scale) = (cap as i32, (h / kvh) as i32, self.scale);
+        let mut b = func.builder();
+        b.arg(&q).arg(kk).arg(vv).arg(&ii).arg(&part);
+        b.arg(&cap_arg).arg(&group_arg).arg(&scale);
+        let config = LaunchConfig {
+            grid_dim: (h as u32, splits as u32, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `attention_part_bf16_*` in kernels/decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        let func =
+            dev.get_or_load_custom_func(&format!("attention_combine_bf16_{d}"), MODULE, PTX)?;
+        let splits_arg = splits as i32;
+        let mut b = func.builder();
+        b.arg(&part).arg(&out).arg(&splits_arg);
+        let config = LaunchConfig {
+            grid_dim: (h as u32, 1, 1),
+            block_dim: (d as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `attention_combine_bf16_*` in kernels/decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            layout.shape().clone(),
+        ))
+    }
 }
 
 /// Stacked projections, or (`swiglu`) SwiGLU's gate and up.
@@ -296,6 +435,77 @@ mod tests {
             let err = max_abs_diff(&up(&got), &want);
             println!("swiglu [{n}, {k}]: max abs error {err:.2e} (values up to {scale:.1})");
             assert!(err <= 1e-2 * scale.max(1.0), "swiglu [{n}, {k}]: {err}");
+        }
+    }
+
+    /// On the GPU machine: the attention kernel against the candle path (`attend`, in f32 on the
+    /// same bf16 values) with the mask of the current slot; slots after it hold large values that
+    /// must stay hidden.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_decode_attention_matches_candle() {
+        use candle_core::{DType, Device, Tensor};
+
+        use super::*;
+        use crate::model::attention::attend;
+        use crate::model::ops::tests::max_abs_diff;
+
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        // (heads, kv heads, head dim, capacity, current slot)
+        let cases = [
+            (32, 8, 128, 640, 517),
+            (32, 8, 128, 640, 639),
+            (4, 2, 16, 64, 0),
+            (4, 1, 8, 2000, 1999),
+            (8, 8, 64, 100, 70),
+            (16, 4, 256, 33, 20),
+        ];
+        for (h, kvh, d, cap, cur) in cases {
+            let values = |n: usize, seed: usize, big: Option<usize>| {
+                let v: Vec<f32> = (0..n)
+                    .map(|i| {
+                        let x = (((i * 7919 + seed) % 1999) as f32 - 999.0) / 999.0;
+                        match big {
+                            Some(row) if (i / d) % cap > row => 100.0,
+                            _ => 2.0 * x,
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(v, n, &gpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let q = values(h * d, 1, None).reshape((1, h, 1, d)).unwrap();
+            let k = values(kvh * cap * d, 2, Some(cur))
+                .reshape((1, kvh, cap, d))
+                .unwrap();
+            let v = values(kvh * cap * d, 3, Some(cur))
+                .reshape((1, kvh, cap, d))
+                .unwrap();
+            let index = Tensor::full(cur as u32, (1, kvh, 1, d), &gpu).unwrap();
+            let mask = Tensor::arange(0u32, cap as u32, &gpu)
+                .unwrap()
+                .broadcast_le(&Tensor::new(&[cur as u32], &gpu).unwrap())
+                .unwrap()
+                .reshape((1, 1, 1, cap))
+                .unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = attend(&up(&q), &up(&k), &up(&v), Some(&mask), scale, false).unwrap();
+            assert!(attention_applies(&q, &k, &v, &index));
+            let got = attention(&q, &k, &v, &index, scale).unwrap();
+            assert_eq!(got.dims(), [1, h, 1, d]);
+            let got = up(&got).reshape((1, 1, h * d)).unwrap();
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+            let err = max_abs_diff(&got, &want);
+            println!(
+                "attention h {h} kvh {kvh} d {d} slot {cur} of {cap}: max abs error {err:.2e} (values up to {scale:.2})"
+            );
+            assert!(
+                err <= 1e-2 * scale.max(0.1),
+                "attention {h} {kvh} {d} {cap} {cur}: {err}"
+            );
         }
     }
 
