@@ -346,3 +346,32 @@ ATTENTION(32)
 ATTENTION(64)
 ATTENTION(128)
 ATTENTION(256)
+
+// The residual add and the RMSNorm after it, for one row of n bf16: s = x + delta (rounded to
+// bf16, as a separate add would), y = s / sqrt(mean(s²) + eps) · w in f32, rounded once (as
+// candle's rms_norm kernel); s and y go to out[0..n] and out[n..2n]. One block of NORM_THREADS.
+#define NORM_THREADS 1024
+
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    add_rms_norm_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ delta,
+                      const __nv_bfloat16* __restrict__ w, __nv_bfloat16* __restrict__ out, int n,
+                      float eps) {
+    __shared__ float warp_sq[NORM_THREADS / 32];
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < n; i += NORM_THREADS) {
+        __nv_bfloat16 s = __float2bfloat16_rn(__bfloat162float(x[i]) + __bfloat162float(delta[i]));
+        out[i] = s;
+        float f = __bfloat162float(s);
+        sq = fmaf(f, f, sq);
+    }
+    for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffff, sq, o);
+    if (threadIdx.x % 32 == 0) warp_sq[threadIdx.x / 32] = sq;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NORM_THREADS / 32; i++) total += warp_sq[i];
+    float inv = rsqrtf(total / n + eps);
+    // Each thread reads back only what it wrote.
+    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+        out[n + i] = __float2bfloat16_rn(__bfloat162float(out[i]) * inv * __bfloat162float(w[i]));
+}

@@ -10,7 +10,8 @@
 //!
 //! [`attention`]: one query row over a decode graph's fixed-capacity KV cache, masked by the
 //! current slot read on the device, in two launches (parts over spans of slots, then their merge)
-//! instead of candle's two matmuls and softmax (~10 µs a layer on an H100).
+//! instead of candle's two matmuls and softmax (~10 µs a layer on an H100). [`add_rms_norm`]: a
+//! residual add and the RMSNorm after it as one kernel.
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 
@@ -68,6 +69,121 @@ pub fn argmax(logits: &Tensor) -> Result<Tensor> {
         return logits.contiguous()?.apply_op1_no_bwd(&Argmax);
     }
     logits.argmax(D::Minus1)
+}
+
+/// Whether [`add_rms_norm`] computes `x + delta` and its RMSNorm with `w`: one row of bf16 on
+/// CUDA (`x`, `delta` of one shape, `[.., n]` with `n` elements in all), no gradient, contiguous,
+/// and a contiguous bf16 `w [n]`.
+pub fn add_norm_applies(x: &Tensor, delta: &Tensor, w: &Tensor) -> bool {
+    let n = w.elem_count();
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && [x, delta, w]
+            .iter()
+            .all(|t| t.dtype() == DType::BF16 && t.is_contiguous())
+        && !x.track_op()
+        && !delta.track_op()
+        && !w.track_op()
+        && w.rank() == 1
+        && n > 0
+        && x.dims() == delta.dims()
+        && x.elem_count() == n
+        && x.dims().last() == Some(&n)
+}
+
+/// `(x + delta, rms_norm(x + delta) · w)` in one kernel (see [`add_norm_applies`]): the sum
+/// rounded to bf16 as a separate add would, the norm in f32 and rounded once, as candle's
+/// `rms_norm` does. Both are views of one `[2, n]` buffer.
+pub fn add_rms_norm(x: &Tensor, delta: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let both = x.apply_op2_no_bwd(
+        delta,
+        &AddRmsNorm {
+            w: w.clone(),
+            eps: eps as f32,
+        },
+    )?;
+    Ok((
+        both.get(0)?.reshape(x.shape())?,
+        both.get(1)?.reshape(x.shape())?,
+    ))
+}
+
+/// [`add_rms_norm`]'s op: `x` and `delta` are the operands.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct AddRmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl candle_core::CustomOp2 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "add-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("add-rms-norm runs on CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        delta: &candle_core::CudaStorage,
+        delta_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        use candle_core::{Storage, bail};
+        use half::bf16;
+
+        let n = self.w.elem_count();
+        let (Some((x0, x1)), Some((d0, d1))) = (
+            x_layout.contiguous_offsets(),
+            delta_layout.contiguous_offsets(),
+        ) else {
+            bail!("add-rms-norm: x or delta is not contiguous");
+        };
+        if x1 - x0 != n || d1 - d0 != n {
+            bail!(
+                "add-rms-norm: rows of {} and {} for a weight of {n}",
+                x1 - x0,
+                d1 - d0
+            );
+        }
+        let dev = x.device();
+        let xs = x.as_cuda_slice::<bf16>()?.slice(x0..x1);
+        let ds = delta.as_cuda_slice::<bf16>()?.slice(d0..d1);
+        let (w, w_layout) = self.w.storage_and_layout();
+        let (Storage::Cuda(w), Some((w0, w1))) = (&*w, w_layout.contiguous_offsets()) else {
+            bail!("add-rms-norm: the weight is not contiguous on the GPU");
+        };
+        let ws = w.as_cuda_slice::<bf16>()?.slice(w0..w1);
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<bf16>(2 * n)? };
+        let func = dev.get_or_load_custom_func("add_rms_norm_bf16", MODULE, PTX)?;
+        let (n_arg, eps) = (n as i32, self.eps);
+        let mut b = func.builder();
+        b.arg(&xs).arg(&ds).arg(&ws).arg(&out).arg(&n_arg).arg(&eps);
+        let config = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `add_rms_norm_bf16` in kernels/decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((2, n)),
+        ))
+    }
 }
 
 /// Head sizes the attention kernel is built for.
@@ -506,6 +622,52 @@ mod tests {
                 err <= 1e-2 * scale.max(0.1),
                 "attention {h} {kvh} {d} {cap} {cur}: {err}"
             );
+        }
+    }
+
+    /// On the GPU machine: the residual add and RMSNorm kernel against candle's add and
+    /// `rms_norm` (both forms) on the same bf16 values.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_add_rms_norm_matches_candle() {
+        use candle_core::{DType, Device, Tensor};
+
+        use super::*;
+        use crate::model::ops::rms_norm;
+        use crate::model::ops::tests::max_abs_diff;
+
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        for n in [32, 2560, 4100] {
+            let values = |seed: usize, amp: f32| {
+                let v: Vec<f32> = (0..n)
+                    .map(|i| amp * (((i * 7919 + seed) % 1999) as f32 - 999.0) / 999.0)
+                    .collect();
+                Tensor::from_vec(v, n, &gpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let x = values(1, 30.0).reshape((1, 1, n)).unwrap();
+            let delta = values(2, 3.0).reshape((1, 1, n)).unwrap();
+            let w = values(3, 2.0);
+            assert!(add_norm_applies(&x, &delta, &w));
+            let (sum, normed) = add_rms_norm(&x, &delta, &w, 1e-6).unwrap();
+            let want_sum = (&x + &delta).unwrap();
+            let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert_eq!(sum.dims(), [1, 1, n]);
+            assert_eq!(max_abs_diff(&up(&sum), &up(&want_sum)), 0.0, "sum of {n}");
+            for fused in [true, false] {
+                let want = rms_norm(&want_sum, &w, 1e-6, fused).unwrap();
+                let scale = max_abs_diff(&up(&want), &up(&want.zeros_like().unwrap()));
+                let err = max_abs_diff(&up(&normed), &up(&want));
+                println!(
+                    "add-rms-norm of {n} (fused {fused}): max abs error {err:.2e} (values up to {scale:.2})"
+                );
+                assert!(
+                    err <= 1e-2 * scale,
+                    "add-rms-norm of {n} (fused {fused}): {err}"
+                );
+            }
         }
     }
 

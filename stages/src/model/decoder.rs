@@ -115,6 +115,26 @@ impl Mlp {
     }
 }
 
+/// `(x + delta, rms_norm(x + delta, w))` (`x` alone without `delta`): one kernel where
+/// [`decode::add_norm_applies`].
+fn add_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    w: &Tensor,
+    eps: f64,
+    fused: bool,
+) -> CandleResult<(Tensor, Tensor)> {
+    match delta {
+        None => Ok((x.clone(), rms_norm(x, w, eps, fused)?)),
+        Some(d) if decode::add_norm_applies(x, d, w) => decode::add_rms_norm(x, d, w, eps),
+        Some(d) => {
+            let x = (x + d)?;
+            let h = rms_norm(&x, w, eps, fused)?;
+            Ok((x, h))
+        }
+    }
+}
+
 /// One decoder layer.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -138,6 +158,24 @@ impl Layer {
         let x = (x + self.attention.forward(&h, ctx, cache, fused)?)?;
         let h = rms_norm(&x, &self.post_attention_norm, eps, fused)?;
         x + self.mlp.forward(&h)?
+    }
+
+    /// [`Layer::forward`] of `x + delta` as the in-place decoding step runs it: returns the
+    /// residual after attention and the MLP's output, which the caller adds (each residual add
+    /// is one kernel with the norm after it where [`decode::add_norm_applies`]).
+    pub(crate) fn step(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        ctx: &AttentionContext,
+        cache: CacheWrite<'_>,
+        fused: bool,
+    ) -> CandleResult<(Tensor, Tensor)> {
+        let eps = self.rms_norm_eps;
+        let (x, h) = add_norm(x, delta, &self.input_norm, eps, fused)?;
+        let attended = self.attention.forward(&h, ctx, Some(cache), fused)?;
+        let (x, h) = add_norm(&x, Some(&attended), &self.post_attention_norm, eps, fused)?;
+        Ok((x, self.mlp.forward(&h)?))
     }
 
     pub fn linear(&self, proj: Proj) -> &Linear {
@@ -511,15 +549,20 @@ impl Decoder {
         index: &Tensor,
         cache: &KvCache,
     ) -> CandleResult<Tensor> {
+        // Each layer's MLP output is added to the residual by the next norm's kernel.
         let mut x = self.embedding.forward(ids)?;
+        let mut delta = None;
         for (layer, buffers) in self.layers.iter().zip(&cache.layers) {
             let Some(buffers) = buffers else {
                 candle_core::bail!("writing in place into a cache that has no buffers yet");
             };
             let write = CacheWrite::At { buffers, index };
-            x = layer.forward(&x, ctx, Some(write), self.fused)?;
+            let (residual, mlp) = layer.step(&x, delta.as_ref(), ctx, write, self.fused)?;
+            (x, delta) = (residual, Some(mlp));
         }
-        self.logits(&self.final_norm(&x)?)
+        let eps = self.config.rms_norm_eps;
+        let (_, normed) = add_norm(&x, delta.as_ref(), &self.norm, eps, self.fused)?;
+        self.logits(&normed)
     }
 
     /// [`Decoder::hidden`] for evaluation while trainable tensors take part: candle keeps an op's
