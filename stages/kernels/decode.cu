@@ -375,3 +375,60 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     for (int i = threadIdx.x; i < n; i += NORM_THREADS)
         out[n + i] = __float2bfloat16_rn(__bfloat162float(out[i]) * inv * __bfloat162float(w[i]));
 }
+
+// One token's queries, keys and values after their projections (q [H, D], k and v [KVH, D]):
+// q and k RMSNormed per head with qw, kw (when has_norm; in f32, rounded once as candle's
+// rms_norm), rotated by RoPE (cos, sin [D / 2]: x·cos + rotate_half(x)·sin in f32, rounded once),
+// q to q_out [H, D], k and v into the caches [KVH, CAP, D] at the slot index[0]. One block of D
+// threads per head: H for q, then KVH for k, then KVH for v. D a power of two <= 256.
+extern "C" __global__ void __launch_bounds__(256) qkv_norm_rope_write_bf16(
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+    const __nv_bfloat16* __restrict__ v, const __nv_bfloat16* __restrict__ qw,
+    const __nv_bfloat16* __restrict__ kw, const __nv_bfloat16* __restrict__ cos,
+    const __nv_bfloat16* __restrict__ sin, const uint32_t* __restrict__ index,
+    __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ k_cache,
+    __nv_bfloat16* __restrict__ v_cache, int heads, int kv_heads, int cap, int has_norm,
+    float eps) {
+    __shared__ float buf[256];
+    int d = blockDim.x, t = threadIdx.x, b = blockIdx.x;
+    long long slot = index[0];
+    const __nv_bfloat16 *src, *w = nullptr;
+    __nv_bfloat16* dst;
+    bool rotate = true;
+    if (b < heads) {
+        src = q + (long long)b * d;
+        w = qw;
+        dst = q_out + (long long)b * d;
+    } else if (b < heads + kv_heads) {
+        int kv = b - heads;
+        src = k + (long long)kv * d;
+        w = kw;
+        dst = k_cache + ((long long)kv * cap + slot) * d;
+    } else {
+        int kv = b - heads - kv_heads;
+        src = v + (long long)kv * d;
+        dst = v_cache + ((long long)kv * cap + slot) * d;
+        rotate = false;
+    }
+    float x = __bfloat162float(src[t]);
+    if (rotate && has_norm) {
+        buf[t] = x * x;
+        __syncthreads();
+        for (int s = d / 2; s > 0; s >>= 1) {
+            if (t < s) buf[t] += buf[t + s];
+            __syncthreads();
+        }
+        float inv = rsqrtf(buf[0] / d + eps);
+        __syncthreads();
+        x = __bfloat162float(__float2bfloat16_rn(x * inv * __bfloat162float(w[t])));
+    }
+    if (rotate) {
+        int half = d / 2;
+        buf[t] = x;
+        __syncthreads();
+        float other = t < half ? -buf[t + half] : buf[t - half];
+        int i = t % half;
+        x = x * __bfloat162float(cos[i]) + other * __bfloat162float(sin[i]);
+    }
+    dst[t] = __float2bfloat16_rn(x);
+}

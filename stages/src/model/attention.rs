@@ -283,6 +283,39 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (q, k, v) = self.project_qkv(x)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // One row written in place: norms, rotations and cache writes in one kernel.
+        if let Some(CacheWrite::At { buffers, index }) = &cache {
+            let norms = match (&self.q_norm, &self.k_norm) {
+                (Some(qw), Some(kw)) => Some(Some((qw, kw))),
+                (None, None) => Some(None),
+                _ => None,
+            };
+            if let Some(norms) = norms {
+                let step = decode::QkvStep {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    norms,
+                    eps: self.rms_norm_eps,
+                    cos: &ctx.cos,
+                    sin: &ctx.sin,
+                    index,
+                    k_cache: &buffers.k,
+                    v_cache: &buffers.v,
+                };
+                if b == 1 && t == 1 && step.applies() {
+                    let q = decode::qkv_norm_rope_write(&step)?;
+                    let (k, v) = (&buffers.k, &buffers.v);
+                    let out = if decode::attention_applies(&q, k, v, index) {
+                        decode::attention(&q, k, v, index, scale)?.reshape((b, t, h * d))?
+                    } else {
+                        attend(&q, k, v, ctx.mask.as_ref(), scale, fused)?
+                    };
+                    return self.o.forward(&out);
+                }
+            }
+        }
         let q = q.reshape((b, t, h, d))?;
         let k = k.reshape((b, t, kvh, d))?;
         let v = v.reshape((b, t, kvh, d))?;
@@ -299,7 +332,6 @@ impl Attention {
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = rope::apply(&q, &ctx.cos, &ctx.sin, fused)?;
         let k = rope::apply(&k, &ctx.cos, &ctx.sin, fused)?;
-        let scale = 1.0 / (d as f64).sqrt();
         let (k, v) = match cache {
             Some(CacheWrite::Append(slot)) => KvBuffers::append(slot, &k, &v)?,
             Some(CacheWrite::At { buffers, index }) => {

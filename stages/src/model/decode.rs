@@ -11,7 +11,8 @@
 //! [`attention`]: one query row over a decode graph's fixed-capacity KV cache, masked by the
 //! current slot read on the device, in two launches (parts over spans of slots, then their merge)
 //! instead of candle's two matmuls and softmax (~10 µs a layer on an H100). [`add_rms_norm`]: a
-//! residual add and the RMSNorm after it as one kernel.
+//! residual add and the RMSNorm after it as one kernel. [`qkv_norm_rope_write`]: q/k norms, RoPE
+//! and the KV cache writes of one token as one kernel instead of six.
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 
@@ -182,6 +183,193 @@ impl candle_core::CustomOp2 for AddRmsNorm {
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((2, n)),
+        ))
+    }
+}
+
+/// One token's projected queries, keys and values, and what [`qkv_norm_rope_write`] does to them.
+pub struct QkvStep<'a> {
+    /// `[1, 1, heads · d]`, `[1, 1, kv_heads · d]`, `[1, 1, kv_heads · d]`.
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// Per-head RMSNorm weights `[d]` of q and k (Qwen3), or none.
+    pub norms: Option<(&'a Tensor, &'a Tensor)>,
+    pub eps: f64,
+    /// The slot's RoPE tables, `d / 2` values each.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    /// u32, the slot first (as [`attention`]'s).
+    pub index: &'a Tensor,
+    /// `[1, kv_heads, capacity, d]`, written at the slot.
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+}
+
+impl QkvStep<'_> {
+    /// Whether [`qkv_norm_rope_write`] applies: bf16 on CUDA, no gradient, everything
+    /// contiguous, `d` a power of two from 8 to 256, head counts that match the cache.
+    pub fn applies(&self) -> bool {
+        let Ok((1, kvh, _, d)) = self.k_cache.dims4() else {
+            return false;
+        };
+        let mut tensors = vec![
+            self.q,
+            self.k,
+            self.v,
+            self.cos,
+            self.sin,
+            self.k_cache,
+            self.v_cache,
+        ];
+        if let Some((qw, kw)) = self.norms {
+            tensors.extend([qw, kw]);
+        }
+        let norms_fit = self
+            .norms
+            .is_none_or(|(qw, kw)| qw.elem_count() == d && kw.elem_count() == d);
+        cfg!(feature = "cuda")
+            && self.q.device().is_cuda()
+            && tensors
+                .iter()
+                .all(|t| t.dtype() == DType::BF16 && t.is_contiguous() && !t.track_op())
+            && d.is_power_of_two()
+            && (8..=256).contains(&d)
+            && self.v_cache.dims() == self.k_cache.dims()
+            && self.q.elem_count() > 0
+            && self.q.elem_count().is_multiple_of(d * kvh)
+            && self.k.elem_count() == kvh * d
+            && self.v.elem_count() == kvh * d
+            && self.cos.elem_count() == d / 2
+            && self.sin.elem_count() == d / 2
+            && norms_fit
+            && self.index.dtype() == DType::U32
+            && self.index.is_contiguous()
+            && self.index.elem_count() > 0
+    }
+}
+
+/// q and k normed per head (when [`QkvStep::norms`]) and rotated; k and v written into the
+/// caches at the slot; returns q `[1, heads, 1, d]`. One kernel instead of two norms, two
+/// rotations and two scatters (see [`QkvStep::applies`]).
+pub fn qkv_norm_rope_write(step: &QkvStep<'_>) -> Result<Tensor> {
+    let d = step.k_cache.dim(3)?;
+    let heads = step.q.elem_count() / d;
+    let q = step.q.apply_op1_no_bwd(&QkvNormRopeWrite {
+        k: step.k.clone(),
+        v: step.v.clone(),
+        norms: step.norms.map(|(a, b)| (a.clone(), b.clone())),
+        eps: step.eps as f32,
+        cos: step.cos.clone(),
+        sin: step.sin.clone(),
+        index: step.index.clone(),
+        k_cache: step.k_cache.clone(),
+        v_cache: step.v_cache.clone(),
+    })?;
+    q.reshape((1, heads, 1, d))
+}
+
+/// [`qkv_norm_rope_write`]'s op: q is the operand.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct QkvNormRopeWrite {
+    k: Tensor,
+    v: Tensor,
+    norms: Option<(Tensor, Tensor)>,
+    eps: f32,
+    cos: Tensor,
+    sin: Tensor,
+    index: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+}
+
+impl CustomOp1 for QkvNormRopeWrite {
+    fn name(&self) -> &'static str {
+        "qkv-norm-rope-write"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("qkv-norm-rope-write runs on CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        use candle_core::{Storage, bail};
+        use half::bf16;
+
+        let (_, kvh, cap, d) = self.k_cache.dims4()?;
+        let Some((q0, q1)) = layout.contiguous_offsets() else {
+            bail!("qkv-norm-rope-write: q is not contiguous");
+        };
+        let heads = (q1 - q0) / d;
+        let dev = q.device();
+        let qs = q.as_cuda_slice::<bf16>()?.slice(q0..q1);
+        // Absent norms: q and k stand in, unread.
+        let (qw, kw) = match &self.norms {
+            Some((a, b)) => (a, b),
+            None => (&self.k, &self.k),
+        };
+        let bf16s = [
+            &self.k,
+            &self.v,
+            qw,
+            kw,
+            &self.cos,
+            &self.sin,
+            &self.k_cache,
+            &self.v_cache,
+        ];
+        let guards: Vec<_> = bf16s.iter().map(|t| t.storage_and_layout()).collect();
+        let mut views = Vec::with_capacity(guards.len());
+        for (storage, layout) in &guards {
+            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+            else {
+                bail!("qkv-norm-rope-write: an operand is not contiguous on the GPU");
+            };
+            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
+        }
+        let (index, index_layout) = self.index.storage_and_layout();
+        let (Storage::Cuda(index), Some((i0, i1))) = (&*index, index_layout.contiguous_offsets())
+        else {
+            bail!("qkv-norm-rope-write: the slot index is not contiguous on the GPU");
+        };
+        let index = index.as_cuda_slice::<u32>()?.slice(i0..i1);
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<bf16>(heads * d)? };
+        let func = dev.get_or_load_custom_func("qkv_norm_rope_write_bf16", MODULE, PTX)?;
+        let (h_arg, kvh_arg, cap_arg) = (heads as i32, kvh as i32, cap as i32);
+        let (has_norm, eps) = (i32::from(self.norms.is_some()), self.eps);
+        let mut b = func.builder();
+        b.arg(&qs);
+        for view in &views[..6] {
+            b.arg(view);
+        }
+        b.arg(&index).arg(&out);
+        // The caches are written in place through these views (the decode graph's buffers, as
+        // `scatter_set` writes them): nothing else reads them during this launch.
+        b.arg(&views[6]).arg(&views[7]);
+        b.arg(&h_arg)
+            .arg(&kvh_arg)
+            .arg(&cap_arg)
+            .arg(&has_norm)
+            .arg(&eps);
+        let config = LaunchConfig {
+            grid_dim: ((heads + 2 * kvh) as u32, 1, 1),
+            block_dim: (d as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `qkv_norm_rope_write_bf16` in kernels/decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(heads * d),
         ))
     }
 }
@@ -666,6 +854,106 @@ mod tests {
                 assert!(
                     err <= 1e-2 * scale,
                     "add-rms-norm of {n} (fused {fused}): {err}"
+                );
+            }
+        }
+    }
+
+    /// On the GPU machine: the norm, RoPE and cache-write kernel against candle's path (per-head
+    /// `rms_norm`, `rope::apply`, `scatter_set`), with and without the q/k norms.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_qkv_norm_rope_write_matches_candle() {
+        use candle_core::{DType, Device, Tensor};
+
+        use super::*;
+        use crate::model::ops::rms_norm;
+        use crate::model::ops::tests::max_abs_diff;
+        use crate::model::rope::{self, Rope};
+
+        let gpu = Device::new_cuda(0).expect("the cuda feature's tests need a GPU");
+        let eps = 1e-6;
+        for (h, kvh, d, cap, slot, norm) in [
+            (32, 8, 128, 640, 517, true),
+            (32, 8, 128, 640, 517, false),
+            (4, 2, 16, 64, 0, true),
+            (4, 1, 8, 64, 63, false),
+            (8, 2, 256, 20, 7, true),
+        ] {
+            let values = |n: usize, seed: usize, amp: f32| {
+                let v: Vec<f32> = (0..n)
+                    .map(|i| amp * (((i * 7919 + seed) % 1999) as f32 - 999.0) / 999.0)
+                    .collect();
+                Tensor::from_vec(v, n, &gpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let q = values(h * d, 1, 3.0).reshape((1, 1, h * d)).unwrap();
+            let k = values(kvh * d, 2, 3.0).reshape((1, 1, kvh * d)).unwrap();
+            let v = values(kvh * d, 3, 3.0).reshape((1, 1, kvh * d)).unwrap();
+            let (qw, kw) = (values(d, 4, 2.0), values(d, 5, 2.0));
+            let positions = Tensor::new(&[[slot as u32]], &gpu).unwrap();
+            let (cos, sin) = Rope::new(d, 1e6).tables(&positions, DType::BF16).unwrap();
+            let index = Tensor::full(slot as u32, (1, kvh, 1, d), &gpu).unwrap();
+            let zeros = || Tensor::zeros((1, kvh, cap, d), DType::BF16, &gpu).unwrap();
+            let (k_cache, v_cache) = (zeros(), zeros());
+            let step = QkvStep {
+                q: &q,
+                k: &k,
+                v: &v,
+                norms: norm.then_some((&qw, &kw)),
+                eps,
+                cos: &cos,
+                sin: &sin,
+                index: &index,
+                k_cache: &k_cache,
+                v_cache: &v_cache,
+            };
+            assert!(step.applies());
+            let got_q = qkv_norm_rope_write(&step).unwrap();
+            assert_eq!(got_q.dims(), [1, h, 1, d]);
+            let want = |x: &Tensor, heads: usize, w: &Tensor| {
+                let x = x.reshape((1, 1, heads, d)).unwrap();
+                let x = if norm {
+                    rms_norm(&x, w, eps, true).unwrap()
+                } else {
+                    x
+                };
+                let x = x.transpose(1, 2).unwrap().contiguous().unwrap();
+                rope::apply(&x, &cos, &sin, true).unwrap()
+            };
+            let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let check = |what: &str, got: &Tensor, want: &Tensor| {
+                let scale = max_abs_diff(&up(want), &up(&want.zeros_like().unwrap()));
+                let err = max_abs_diff(&up(got), &up(want));
+                println!(
+                    "qkv {what} h {h} kvh {kvh} d {d} norm {norm}: max abs error {err:.2e} (values up to {scale:.2})"
+                );
+                assert!(err <= 1e-2 * scale, "{what} {h} {kvh} {d} {norm}: {err}");
+            };
+            check("q", &got_q, &want(&q, h, &qw));
+            check(
+                "k",
+                &k_cache.narrow(2, slot, 1).unwrap(),
+                &want(&k, kvh, &kw),
+            );
+            let want_v = v.reshape((1, 1, kvh, d)).unwrap().transpose(1, 2).unwrap();
+            let got_v = v_cache.narrow(2, slot, 1).unwrap();
+            assert_eq!(max_abs_diff(&up(&got_v), &up(&want_v)), 0.0, "v");
+            // Nothing but the slot is written.
+            for cache in [&k_cache, &v_cache] {
+                let rest = Tensor::cat(
+                    &[
+                        cache.narrow(2, 0, slot).unwrap(),
+                        cache.narrow(2, slot + 1, cap - slot - 1).unwrap(),
+                    ],
+                    2,
+                )
+                .unwrap();
+                assert_eq!(
+                    max_abs_diff(&up(&rest), &up(&rest.zeros_like().unwrap())),
+                    0.0
                 );
             }
         }
