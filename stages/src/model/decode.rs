@@ -140,33 +140,26 @@ impl candle_core::CustomOp2 for AddRmsNorm {
         delta_layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
+        use candle_core::bail;
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::{CudaStorage, WrapErr};
-        use candle_core::{Storage, bail};
+
+        use super::fused::{cuda_view, storage_view};
         use half::bf16;
 
         let n = self.w.elem_count();
-        let (Some((x0, x1)), Some((d0, d1))) = (
-            x_layout.contiguous_offsets(),
-            delta_layout.contiguous_offsets(),
-        ) else {
-            bail!("add-rms-norm: x or delta is not contiguous");
-        };
-        if x1 - x0 != n || d1 - d0 != n {
+        let dev = x.device();
+        let xs = cuda_view::<bf16>(x, x_layout, "add-rms-norm: x")?;
+        let ds = cuda_view::<bf16>(delta, delta_layout, "add-rms-norm: delta")?;
+        if xs.len() != n || ds.len() != n {
             bail!(
                 "add-rms-norm: rows of {} and {} for a weight of {n}",
-                x1 - x0,
-                d1 - d0
+                xs.len(),
+                ds.len()
             );
         }
-        let dev = x.device();
-        let xs = x.as_cuda_slice::<bf16>()?.slice(x0..x1);
-        let ds = delta.as_cuda_slice::<bf16>()?.slice(d0..d1);
         let (w, w_layout) = self.w.storage_and_layout();
-        let (Storage::Cuda(w), Some((w0, w1))) = (&*w, w_layout.contiguous_offsets()) else {
-            bail!("add-rms-norm: the weight is not contiguous on the GPU");
-        };
-        let ws = w.as_cuda_slice::<bf16>()?.slice(w0..w1);
+        let ws = storage_view::<bf16>(&w, w_layout, "add-rms-norm: the weight")?;
         // SAFETY: the kernel writes every element.
         let out = unsafe { dev.alloc::<bf16>(2 * n)? };
         let func = dev.get_or_load_custom_func("add_rms_norm_bf16", MODULE, PTX)?;
@@ -301,16 +294,14 @@ impl CustomOp1 for QkvNormRopeWrite {
         use candle_core::backend::BackendStorage;
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::{CudaStorage, WrapErr};
-        use candle_core::{Storage, bail};
+
+        use super::fused::{cuda_view, storage_view};
         use half::bf16;
 
         let (_, kvh, cap, d) = self.k_cache.dims4()?;
-        let Some((q0, q1)) = layout.contiguous_offsets() else {
-            bail!("qkv-norm-rope-write: q is not contiguous");
-        };
-        let heads = (q1 - q0) / d;
         let dev = q.device();
-        let qs = q.as_cuda_slice::<bf16>()?.slice(q0..q1);
+        let qs = cuda_view::<bf16>(q, layout, "qkv-norm-rope-write: q")?;
+        let heads = qs.len() / d;
         // Absent norms: q and k stand in, unread.
         let (qw, kw) = match &self.norms {
             Some((a, b)) => (a, b),
@@ -327,20 +318,12 @@ impl CustomOp1 for QkvNormRopeWrite {
             &self.v_cache,
         ];
         let guards: Vec<_> = bf16s.iter().map(|t| t.storage_and_layout()).collect();
-        let mut views = Vec::with_capacity(guards.len());
-        for (storage, layout) in &guards {
-            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-            else {
-                bail!("qkv-norm-rope-write: an operand is not contiguous on the GPU");
-            };
-            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
-        }
+        let views = guards
+            .iter()
+            .map(|(s, l)| storage_view::<bf16>(s, l, "qkv-norm-rope-write: an operand"))
+            .collect::<Result<Vec<_>>>()?;
         let (index, index_layout) = self.index.storage_and_layout();
-        let (Storage::Cuda(index), Some((i0, i1))) = (&*index, index_layout.contiguous_offsets())
-        else {
-            bail!("qkv-norm-rope-write: the slot index is not contiguous on the GPU");
-        };
-        let index = index.as_cuda_slice::<u32>()?.slice(i0..i1);
+        let index = storage_view::<u32>(&index, index_layout, "qkv-norm-rope-write: the slot")?;
         // SAFETY: the kernel writes every element.
         let out = unsafe { dev.alloc::<bf16>(heads * d)? };
         let func = dev.get_or_load_custom_func("qkv_norm_rope_write_bf16", MODULE, PTX)?;
@@ -442,7 +425,8 @@ impl CustomOp1 for Attention {
         use candle_core::backend::BackendStorage;
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::{CudaStorage, WrapErr};
-        use candle_core::{Storage, bail};
+
+        use super::fused::{cuda_view, storage_view};
         use half::bf16;
 
         const THREADS: usize = 256;
@@ -450,29 +434,16 @@ impl CustomOp1 for Attention {
 
         let (_, h, _, d) = layout.shape().dims4()?;
         let (_, kvh, cap, _) = self.k.dims4()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("decode attention: q is not contiguous");
-        };
         let dev = q.device();
-        let q = q.as_cuda_slice::<bf16>()?.slice(start..end);
+        let q = cuda_view::<bf16>(q, layout, "decode attention: q")?;
         let (k, v, index) = (
             self.k.storage_and_layout(),
             self.v.storage_and_layout(),
             self.index.storage_and_layout(),
         );
-        let mut views = Vec::with_capacity(2);
-        for (storage, layout) in [&k, &v] {
-            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-            else {
-                bail!("decode attention: the cache is not contiguous on the GPU");
-            };
-            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
-        }
-        let (Storage::Cuda(s), Some((i0, i1))) = (&*index.0, index.1.contiguous_offsets()) else {
-            bail!("decode attention: the slot index is not contiguous on the GPU");
-        };
-        let ii = s.as_cuda_slice::<u32>()?.slice(i0..i1);
-        let (kk, vv) = (&views[0], &views[1]);
+        let kk = &storage_view::<bf16>(&k.0, k.1, "decode attention: the key cache")?;
+        let vv = &storage_view::<bf16>(&v.0, v.1, "decode attention: the value cache")?;
+        let ii = storage_view::<u32>(&index.0, index.1, "decode attention: the slot")?;
         let span = THREADS / (d / 8) * PER;
         let splits = cap.div_ceil(span);
         // SAFETY: every block writes its part; the combine writes every output.
@@ -532,9 +503,11 @@ impl CustomOp1 for Gemv {
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
+        use candle_core::bail;
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::{CudaStorage, WrapErr};
-        use candle_core::{Storage, bail};
+
+        use super::fused::{cuda_view, storage_view};
         use half::bf16;
 
         const WARPS: usize = 8;
@@ -550,27 +523,20 @@ impl CustomOp1 for Gemv {
         } else {
             rows.iter().sum()
         };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("gemv: x is not contiguous");
-        };
-        if end - start != k {
+        let dev = x.device();
+        let x = cuda_view::<bf16>(x, layout, "gemv: x")?;
+        if x.len() != k {
             bail!("gemv: x {:?} for weights of {k} columns", layout.dims());
         }
-        let dev = x.device();
-        let x = x.as_cuda_slice::<bf16>()?.slice(start..end);
         let guards: Vec<_> = self
             .weights
             .iter()
             .map(|w| w.storage_and_layout())
             .collect();
-        let mut views = Vec::with_capacity(guards.len());
-        for (storage, layout) in &guards {
-            let (Storage::Cuda(s), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-            else {
-                bail!("gemv: a weight is not contiguous on the GPU");
-            };
-            views.push(s.as_cuda_slice::<bf16>()?.slice(start..end));
-        }
+        let views = guards
+            .iter()
+            .map(|(s, l)| storage_view::<bf16>(s, l, "gemv: a weight"))
+            .collect::<Result<Vec<_>>>()?;
         // Enough warps for ~4096 in all (a few dozen per SM): a few rows get several each.
         let per_row = [1, 2, 4, 8]
             .into_iter()

@@ -272,6 +272,32 @@ impl CustomOp2 for MaskedSoftmaxBackward {
     }
 }
 
+/// The values of a contiguous CUDA operand as a view; `what` names it in the error.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} is not contiguous");
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// As [`cuda_view`], for a tensor's storage (from `Tensor::storage_and_layout`).
+#[cfg(feature = "cuda")]
+pub(crate) fn storage_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Storage::Cuda(s) = s else {
+        candle_core::bail!("{what} is not on the GPU");
+    };
+    cuda_view(s, layout, what)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
@@ -279,7 +305,7 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
-    use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+    use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
     use half::{bf16, f16};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx"));
@@ -325,22 +351,11 @@ mod cuda {
         };
         let m = m.contiguous()?;
         let (storage, layout) = m.storage_and_layout();
-        let Storage::Cuda(storage) = &*storage else {
-            candle_core::bail!("masked softmax: the mask is not on the GPU");
-        };
-        let slice = storage.as_cuda_slice::<u8>()?;
-        let (start, end) = layout.contiguous_offsets().expect("contiguous");
-        launch(Some(&slice.slice(start..end)))
-    }
-
-    fn view<'a, T: candle_core::cuda_backend::CudaDType>(
-        s: &'a CudaStorage,
-        layout: &Layout,
-    ) -> Result<CudaView<'a, T>> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("masked softmax: not contiguous".into()))?;
-        Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+        launch(Some(&super::storage_view(
+            &storage,
+            layout,
+            "masked softmax: the mask",
+        )?))
     }
 
     pub(super) fn softmax_fwd(
@@ -390,7 +405,7 @@ mod cuda {
             let (rows, cols, per_batch, t, mask_batches) = geometry(layout, mask)?;
             let views = inputs
                 .iter()
-                .map(|(s, l)| view::<T>(s, l))
+                .map(|(s, l)| super::cuda_view::<T>(s, l, "masked softmax: an input"))
                 .collect::<Result<Vec<_>>>()?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<T>(rows * cols as usize)? };
