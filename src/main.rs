@@ -1,5 +1,6 @@
 fn main() {
     keep_freed_memory();
+    one_candle_thread();
     std::process::exit(forge::cli::main());
 }
 
@@ -19,5 +20,16 @@ fn keep_freed_memory() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
             libc::mallopt(libc::M_TRIM_THRESHOLD, GIB);
         }
+    }
+}
+
+/// forge spreads CPU training over the cores itself, one micro-batch per rayon thread, and rayon
+/// splits candle's matrix products further where that pays. candle's own pool of element-wise
+/// workers would run beside those threads and spin between its ops, taking the cores they need.
+/// With one thread it runs each op where it is called. `CANDLE_NUM_THREADS` set by the user wins.
+fn one_candle_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A small pipeline ending in sft. The model has the real vocabulary (the tokenizer's ids go up
-/// to 151,668) but hidden 32 and 2 layers; sft checkpoints every 2 of its 12 steps.
+/// to 151,668) but hidden 32 and 2 layers; sft checkpoints every 2 of its 12 steps, each of two
+/// micro-batches (trained in parallel).
 fn pipeline() -> Ws {
     let ws = Ws::new(
         r#"stages:
@@ -36,6 +37,7 @@ fn pipeline() -> Ws {
     inputs: { model: "${stages.model}", data: "${stages.format}" }
     params:
       max_steps: 12
+      grad_accum: 2
       save_every: 2
       eval_every: 6
       dev_limit: 2

@@ -166,7 +166,7 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Res
         mask: mask.cloned(),
         scale,
     };
-    if scores.device().is_cuda() {
+    if scores.device().is_cuda() || scores.dtype() == DType::F32 {
         let scores = scores.contiguous()?;
         return match scores.track_op() {
             true => scores.apply_op1(op),
@@ -186,7 +186,8 @@ struct MaskedSoftmax {
 }
 
 impl MaskedSoftmax {
-    /// candle's kernels on the upcast, scaled and masked scores (the CPU path).
+    /// candle's kernels on the upcast, scaled and masked scores (the CPU path for other dtypes
+    /// than f32).
     fn composed(&self) -> Result<Tensor> {
         let dtype = self.scores.dtype();
         let up = self
@@ -205,8 +206,11 @@ impl CustomOp1 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "masked-softmax"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        on_cpu(self.composed())
+    fn cpu_fwd(&self, scores: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match scores {
+            CpuStorage::F32(_) => cpu::softmax_fwd(scores, layout, self.mask.as_ref(), self.scale),
+            _ => on_cpu(self.composed()),
+        }
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, scores: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -215,8 +219,7 @@ impl CustomOp1 for MaskedSoftmax {
 
     /// `dx = scale · y·(g − Σ g·y)`, zero where masked.
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        #[cfg(feature = "cuda")]
-        if y.device().is_cuda() {
+        if y.device().is_cuda() || y.dtype() == DType::F32 {
             let backward = MaskedSoftmaxBackward {
                 mask: self.mask.clone(),
                 scale: self.scale,
@@ -240,27 +243,26 @@ impl CustomOp1 for MaskedSoftmax {
     }
 }
 
-/// The CUDA backward of [`MaskedSoftmax`]: `(y, g) → dx`.
-#[cfg(feature = "cuda")]
+/// The backward of [`MaskedSoftmax`] as one kernel (CUDA, and f32 on a CPU): `(y, g) → dx`.
 struct MaskedSoftmaxBackward {
     mask: Option<Tensor>,
     scale: f64,
 }
 
-#[cfg(feature = "cuda")]
 impl CustomOp2 for MaskedSoftmaxBackward {
     fn name(&self) -> &'static str {
         "masked-softmax-backward"
     }
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        y: &CpuStorage,
+        y_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("masked-softmax-backward runs on CUDA only")
+        cpu::softmax_bwd((y, y_layout), (g, g_layout), self.mask.as_ref(), self.scale)
     }
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         y: &CudaStorage,
@@ -298,6 +300,142 @@ pub(crate) fn storage_view<'a, T: candle_core::cuda_backend::CudaDType>(
     cuda_view(s, layout, what)
 }
 
+/// The shape facts the kernels take: `(rows, cols, rows_per_batch, t, mask_batches)`.
+fn geometry(layout: &Layout, mask: Option<&Tensor>) -> Result<(usize, i32, i32, i32, i32)> {
+    let (b, h, t, s) = layout.shape().dims4()?;
+    if !layout.is_contiguous() {
+        candle_core::bail!("masked softmax: the scores must be contiguous");
+    }
+    let mask_batches = match mask {
+        None => 1,
+        Some(m) => {
+            let (mb, one, mt, ms) = m.dims4()?;
+            if m.dtype() != DType::U8 || one != 1 || mt != t || ms != s || (mb != 1 && mb != b) {
+                candle_core::bail!(
+                    "masked softmax: a mask {:?} {:?} for scores {:?}",
+                    m.dtype(),
+                    m.dims(),
+                    layout.dims()
+                );
+            }
+            mb
+        }
+    };
+    Ok((
+        b * h * t,
+        s as i32,
+        (h * t) as i32,
+        t as i32,
+        mask_batches as i32,
+    ))
+}
+
+/// The masked softmax's f32 kernels on a CPU: one pass over each row each way, rows in
+/// parallel, where the composed form makes five passes forward and eight backward, each into a new
+/// `[B, H, T, S]` buffer. The geometry and the mask's meaning are the CUDA kernels'.
+mod cpu {
+    use candle_core::{CpuStorage, Layout, Result, Shape, Storage, Tensor};
+    use rayon::prelude::*;
+
+    use crate::model::head_loss::{exp_le0, lanes};
+    use crate::model::nf4::cpu_slice;
+
+    /// Runs `f(row, mask row, out row)` over the rows of `out`, in parallel.
+    fn rows(
+        layout: &Layout,
+        mask: Option<&Tensor>,
+        f: impl Fn(usize, Option<&[u8]>, &mut [f32]) + Sync,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols, per_batch, t, mask_batches) = super::geometry(layout, mask)?;
+        let (cols, per_batch, t) = (cols as usize, per_batch as usize, t as usize);
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        let guard = mask.as_ref().map(Tensor::storage_and_layout);
+        let mask = match &guard {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cpu(s) => Some(cpu_slice::<u8>(s, layout)?),
+                _ => candle_core::bail!("masked softmax: the mask is not on the CPU"),
+            },
+            None => None,
+        };
+        let mut out = vec![0f32; rows * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, y)| {
+            let m = mask.map(|m| {
+                let b = if mask_batches == 1 { 0 } else { r / per_batch };
+                let at = (b * t + r % t) * cols;
+                &m[at..at + cols]
+            });
+            f(r, m, y)
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    pub(super) fn softmax_fwd(
+        scores: &CpuStorage,
+        layout: &Layout,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice::<f32>(scores, layout)?;
+        let scale = scale as f32;
+        rows(layout, mask, |r, m, y| {
+            let x = &x[r * y.len()..(r + 1) * y.len()];
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * scale;
+            }
+            if let Some(m) = m {
+                for (y, &m) in y.iter_mut().zip(m) {
+                    *y = if m == 0 { f32::NEG_INFINITY } else { *y };
+                }
+            }
+            let max = lanes(y, f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                // Every key masked: uniform, as with every score at the lowest value.
+                y.fill(1.0 / y.len() as f32);
+                return;
+            }
+            for y in y.iter_mut() {
+                *y = exp_le0(*y - max);
+            }
+            let inv = 1.0 / lanes(y, 0.0, |a, b| a + b);
+            for y in y.iter_mut() {
+                *y *= inv;
+            }
+        })
+    }
+
+    pub(super) fn softmax_bwd(
+        (y, y_layout): (&CpuStorage, &Layout),
+        (g, g_layout): (&CpuStorage, &Layout),
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<(CpuStorage, Shape)> {
+        if y_layout.shape() != g_layout.shape() {
+            candle_core::bail!("masked softmax backward: y and its gradient differ in shape");
+        }
+        let (y, g) = (
+            cpu_slice::<f32>(y, y_layout)?,
+            cpu_slice::<f32>(g, g_layout)?,
+        );
+        let scale = scale as f32;
+        rows(y_layout, mask, |r, m, dx| {
+            let at = r * dx.len()..(r + 1) * dx.len();
+            let (y, g) = (&y[at.clone()], &g[at]);
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = y * g;
+            }
+            let dot = lanes(dx, 0.0, |a, b| a + b);
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = scale * y * (g - dot);
+            }
+            if let Some(m) = m {
+                for (dx, &m) in dx.iter_mut().zip(m) {
+                    *dx = if m == 0 { 0.0 } else { *dx };
+                }
+            }
+        })
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
@@ -309,37 +447,6 @@ mod cuda {
     use half::{bf16, f16};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx"));
-
-    /// The shape facts the kernels take: `(rows, cols, rows_per_batch, t, mask_batches)`.
-    fn geometry(layout: &Layout, mask: Option<&Tensor>) -> Result<(usize, i32, i32, i32, i32)> {
-        let (b, h, t, s) = layout.shape().dims4()?;
-        if !layout.is_contiguous() {
-            candle_core::bail!("masked softmax: the scores must be contiguous");
-        }
-        let mask_batches = match mask {
-            None => 1,
-            Some(m) => {
-                let (mb, one, mt, ms) = m.dims4()?;
-                if m.dtype() != DType::U8 || one != 1 || mt != t || ms != s || (mb != 1 && mb != b)
-                {
-                    candle_core::bail!(
-                        "masked softmax: a mask {:?} {:?} for scores {:?}",
-                        m.dtype(),
-                        m.dims(),
-                        layout.dims()
-                    );
-                }
-                mb
-            }
-        };
-        Ok((
-            b * h * t,
-            s as i32,
-            (h * t) as i32,
-            t as i32,
-            mask_batches as i32,
-        ))
-    }
 
     /// Runs `launch` with the mask's slice, if there is a mask.
     fn with_mask<R>(
@@ -402,7 +509,7 @@ mod cuda {
         ) -> Result<CudaStorage> {
             let (first, layout) = inputs[0];
             let dev = first.device();
-            let (rows, cols, per_batch, t, mask_batches) = geometry(layout, mask)?;
+            let (rows, cols, per_batch, t, mask_batches) = super::geometry(layout, mask)?;
             let views = inputs
                 .iter()
                 .map(|(s, l)| super::cuda_view::<T>(s, l, "masked softmax: an input"))
@@ -703,6 +810,66 @@ mod tests {
         let y = masked_softmax(s.as_tensor(), Some(&mask), 0.7).unwrap();
         let uniform = y.get(1).unwrap().get(0).unwrap().get(0).unwrap();
         assert_eq!(uniform.to_vec1::<f64>().unwrap(), [0.25; 4]);
+    }
+
+    /// The f32 CPU kernels against the composed form in f64: every mask shape, a row that sees
+    /// nothing, rows long enough for several lanes' worth.
+    #[test]
+    fn masked_softmax_in_f32_on_the_cpu_matches_the_composed_form() {
+        let dev = Device::Cpu;
+        let (b, h, t, s) = (2, 3, 4, 37);
+        let scores = (randn(&[b, h, t, s], 14) * 4.0).unwrap();
+        let probe = randn(&[b, h, t, s], 15);
+        let keys: Vec<u8> = (0..b * t * s)
+            .map(|i| u8::from(i % 5 != 2 && (i / s) % t * 9 >= i % s))
+            .collect();
+        let mut per_batch = Tensor::from_vec(keys, (b, 1, t, s), &dev).unwrap();
+        // Query 0 of batch 1 sees no key at all.
+        per_batch = per_batch
+            .slice_assign(
+                &[1..2, 0..1, 0..1, 0..s],
+                &Tensor::zeros((1, 1, 1, s), DType::U8, &dev).unwrap(),
+            )
+            .unwrap();
+        let shared = per_batch.narrow(0, 0, 1).unwrap();
+        for mask in [Some(&per_batch), Some(&shared), None] {
+            let x = Var::from_tensor(&scores).unwrap();
+            let run = |y: Tensor| {
+                let grads = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let dx = grads
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap();
+                (y.to_dtype(DType::F64).unwrap(), dx)
+            };
+            let (got_y, got_dx) = run(masked_softmax(x.as_tensor(), mask, 0.3).unwrap());
+            let x64 = x.as_tensor().to_dtype(DType::F64).unwrap();
+            let scaled = (x64 * 0.3).unwrap();
+            let masked = match mask {
+                Some(m) => apply_mask(&scaled, m).unwrap(),
+                None => scaled,
+            };
+            let (want_y, want_dx) = run(softmax_composed(&masked).unwrap());
+            let (ey, edx) = (
+                max_abs_diff(&got_y, &want_y),
+                max_abs_diff(&got_dx, &want_dx),
+            );
+            assert!(
+                ey < 1e-6 && edx < 1e-6,
+                "{:?}: {ey} {edx}",
+                mask.map(|m| m.dims().to_vec())
+            );
+        }
+        // Without a gradient to track, the same kernel: the same bits.
+        let tracked = masked_softmax(&Var::from_tensor(&scores).unwrap(), Some(&per_batch), 0.3);
+        let plain = masked_softmax(&scores, Some(&per_batch), 0.3).unwrap();
+        assert_eq!(max_abs_diff(&tracked.unwrap(), &plain), 0.0);
     }
 
     /// The device check of `kernels/softmax.cu`: values and gradients as on the CPU, for every

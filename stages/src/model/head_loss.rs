@@ -255,7 +255,8 @@ fn softmax_rows_cpu(
 const LANES: usize = 16;
 
 /// `x` folded by `f` over [`LANES`] interleaved accumulators (vectorizable), then across them.
-fn lanes(x: &[f32], init: f32, f: fn(f32, f32) -> f32) -> f32 {
+#[inline(always)]
+pub(crate) fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
     let mut acc = [init; LANES];
     for chunk in x.chunks(LANES) {
         for (a, &v) in acc.iter_mut().zip(chunk) {

@@ -9,12 +9,12 @@
 //! differentiable.
 //!
 //! Dropout must draw the same mask when activation checkpointing replays a layer's forward, so
-//! the mask is a function of (adapter seed, step) set by the trainer with [`Lora::set_step`],
-//! never of a global RNG's position.
+//! the mask is a function of (adapter seed, step), the step set by the trainer with
+//! [`dropout_step`], never of a global RNG's position.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -45,11 +45,30 @@ pub struct Lora {
     dropout: f64,
     /// Seed of this adapter's dropout masks; mixed with the step.
     seed: u64,
-    /// The step whose dropout mask to draw; `u64::MAX` = not training (no dropout).
-    step: AtomicU64,
 }
 
-const NOT_TRAINING: u64 = u64::MAX;
+thread_local! {
+    /// The training step whose dropout masks this thread draws; `None`: not training.
+    static DROPOUT_STEP: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Until the guard drops, LoRA dropout in this thread draws the masks of training step `step`
+/// (outside any guard there is no dropout: inference). Per thread, so that micro-batches trained
+/// in parallel draw their own masks; the guard restores the step it replaced, so a micro-batch
+/// that rayon runs inside another's wait leaves the outer one's step as it found it.
+pub fn dropout_step(step: u64) -> DropoutStep {
+    DropoutStep(DROPOUT_STEP.replace(Some(step)))
+}
+
+/// See [`dropout_step`].
+#[must_use = "dropout uses the step only while the guard lives"]
+pub struct DropoutStep(Option<u64>);
+
+impl Drop for DropoutStep {
+    fn drop(&mut self) {
+        DROPOUT_STEP.set(self.0);
+    }
+}
 
 impl Lora {
     /// A fresh pair for a `[out, in]` projection: `A` seeded from `seed`, `B = 0`.
@@ -83,7 +102,6 @@ impl Lora {
             scale,
             dropout,
             seed,
-            step: AtomicU64::new(NOT_TRAINING),
         })
     }
 
@@ -99,17 +117,10 @@ impl Lora {
         self.scale
     }
 
-    /// Draw dropout masks for training step `step`; `None` switches dropout off (inference).
-    pub fn set_step(&self, step: Option<u64>) {
-        self.step
-            .store(step.unwrap_or(NOT_TRAINING), Ordering::Relaxed);
-    }
-
     fn dropout(&self, x: &Tensor) -> Result<Tensor> {
-        let step = self.step.load(Ordering::Relaxed);
-        if self.dropout == 0.0 || step == NOT_TRAINING {
+        let Some(step) = DROPOUT_STEP.get().filter(|_| self.dropout > 0.0) else {
             return Ok(x.clone());
-        }
+        };
         let keep = 1.0 - self.dropout;
         let seed = SplitMix(self.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next();
         let uniform = match x.device() {
@@ -180,13 +191,6 @@ impl LoraSet {
     /// Every trainable tensor: `A` then `B` of each pair, in projection order.
     pub fn vars(&self) -> Vec<&Var> {
         self.layers.values().flat_map(|l| [l.a(), l.b()]).collect()
-    }
-
-    /// See [`Lora::set_step`].
-    pub fn set_step(&self, step: Option<u64>) {
-        for l in self.layers.values() {
-            l.set_step(step);
-        }
     }
 }
 
@@ -305,8 +309,7 @@ mod tests {
             .set(&Tensor::ones((3, 2), DType::F32, &dev).unwrap())
             .unwrap();
         let x = Tensor::ones((4, 64), DType::F32, &dev).unwrap();
-        let at = |step| {
-            lora.set_step(step);
+        let out = || {
             lora.forward(&x)
                 .unwrap()
                 .flatten_all()
@@ -314,10 +317,21 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap()
         };
-        let off = at(None);
-        assert_eq!(at(Some(3)), at(Some(3)));
-        assert_ne!(at(Some(3)), at(Some(4)));
-        assert_ne!(at(Some(3)), off);
-        assert_eq!(at(None), off);
+        let at = |step| {
+            let _step = dropout_step(step);
+            out()
+        };
+        let off = out();
+        assert_eq!(at(3), at(3));
+        assert_ne!(at(3), at(4));
+        assert_ne!(at(3), off);
+        assert_eq!(out(), off);
+        // A guard inside another restores the outer step when it drops; other threads see none.
+        let outer = dropout_step(3);
+        assert_eq!(at(4), at(4));
+        assert_eq!(out(), at(3));
+        assert_eq!(std::thread::scope(|s| s.spawn(out).join().unwrap()), off);
+        drop(outer);
+        assert_eq!(out(), off);
     }
 }

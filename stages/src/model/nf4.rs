@@ -542,7 +542,7 @@ pub(crate) fn cpu_slice<'s, T: candle_core::WithDType>(
 ) -> Result<&'s [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("NF4: a state tensor is not contiguous"),
+        None => candle_core::bail!("a custom op's operand is not contiguous"),
     }
 }
 

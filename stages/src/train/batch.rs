@@ -11,9 +11,10 @@
 //! at position `t` wherever format's mask marks `t + 1` as learned. Only those positions reach the
 //! head: with a 151,936-token vocabulary, logits everywhere would dominate the cost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::data::format::TokenFile;
 use crate::data::synth::rng::Rng;
@@ -60,15 +61,16 @@ impl Rows {
         self.kept.len()
     }
 
-    /// Every token some row learns to produce (a learned position after the first).
-    pub fn learned_tokens(&self) -> BTreeSet<u32> {
+    /// Every token some row learns to produce: at a learned position after the first, or with
+    /// `inputs_too` at any position after the first.
+    pub fn learned_tokens(&self, inputs_too: bool) -> BTreeSet<u32> {
         (0..self.len())
             .flat_map(|i| {
                 let (ids, mask) = self.get(i);
                 ids.iter()
                     .zip(mask)
                     .skip(1)
-                    .filter(|(_, m)| **m)
+                    .filter(move |(_, m)| **m || inputs_too)
                     .map(|(id, _)| *id)
             })
             .collect()
@@ -147,42 +149,87 @@ impl Order {
     }
 }
 
+/// The softmax a learned position's loss is taken under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Softmax {
+    /// The whole vocabulary: exact, a pass over the head's rows per position.
+    #[default]
+    Full,
+    /// The distinct tokens of the optimizer step's rows only (a sampled softmax): such positions
+    /// cost about what the layers do, not a pass over the vocabulary each. The step's, not the
+    /// micro-batch's, so that how a step is cut into micro-batches changes nothing.
+    Batch,
+    /// The token rows the run trains. The others never move, and a norm-bounded hidden state
+    /// keeps their logits near their small initial values, so for a random-initialized model
+    /// whose every learned token is trained this is close to the full softmax at a fraction of
+    /// the cost.
+    Trained,
+}
+
 /// Which positions of a row a micro-batch learns, and under which softmax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Learn {
-    /// The answer tokens (format's mask), under the full vocabulary.
-    Answers,
-    /// Every token after the first, under the full vocabulary (sft's `train_on_inputs`).
-    EveryToken,
-    /// The answer tokens under the full vocabulary, the prompt's under a softmax over the tokens of
-    /// the micro-batch only (a sampled softmax: the prompt positions cost about what the layers
-    /// do, not a pass over the vocabulary each).
-    PromptInBatch,
+pub struct Learn {
+    /// The prompt's tokens (sft's `train_on_inputs`), or none of them.
+    pub inputs: Option<Softmax>,
+    /// The answer tokens (format's mask).
+    pub answers: Softmax,
+}
+
+impl Learn {
+    /// The answer tokens under the full vocabulary.
+    pub const ANSWERS: Learn = Learn {
+        inputs: None,
+        answers: Softmax::Full,
+    };
+
+    fn at(self, answer: bool) -> Option<Softmax> {
+        match answer {
+            true => Some(self.answers),
+            false => self.inputs,
+        }
+    }
 }
 
 /// A micro-batch on the device, with the flat positions (`b·T + t`) whose next token is learned.
 #[derive(Debug)]
 pub struct MicroBatch {
     pub batch: Batch,
-    /// `[N]` u32 indices into the `[B·T]` flattened positions.
+    /// `[N]` u32 indices into the `[B·T]` flattened positions learned under the full vocabulary.
     pub positions: Tensor,
     /// `[N]` u32: the token each of those positions must predict.
     pub targets: Tensor,
-    /// The prompt positions learned under the in-batch softmax ([`Learn::PromptInBatch`]).
-    pub prompt: Option<InBatch>,
+    /// The positions learned under a shortlist softmax ([`Softmax::Batch`], [`Softmax::Trained`]),
+    /// one group per shortlist.
+    pub shortlisted: Vec<Shortlisted>,
     /// Real (unpadded) input tokens.
     pub tokens: usize,
-    /// Learned tokens (`N`, plus the prompt's in-batch ones).
+    /// Learned tokens (`N`, plus the shortlisted ones).
     pub loss_tokens: usize,
 }
 
-/// Positions learned under a softmax restricted to `shortlist`, the distinct tokens of the
-/// micro-batch.
+/// The shortlists of [`Softmax::Batch`] and [`Softmax::Trained`]: ascending token ids, each
+/// holding every token learned under it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shortlists<'a> {
+    /// The distinct tokens of the optimizer step's rows ([`step_tokens`]).
+    pub step: &'a [u32],
+    /// The token rows the run trains.
+    pub trained: &'a [u32],
+}
+
+/// The distinct tokens of `rows`, ascending.
+pub fn step_tokens<'a>(rows: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
+    let tokens: BTreeSet<u32> = rows.into_iter().flatten().copied().collect();
+    tokens.into_iter().collect()
+}
+
+/// Positions learned under a softmax restricted to `shortlist`.
 #[derive(Debug)]
-pub struct InBatch {
+pub struct Shortlisted {
     /// `[M]` u32 flat positions.
     pub positions: Tensor,
-    /// `[S]` u32 token ids.
+    /// `[S]` u32 token ids, ascending.
     pub shortlist: Tensor,
     /// `[M]` u32: each target's index into `shortlist`.
     pub slots: Tensor,
@@ -192,14 +239,15 @@ impl MicroBatch {
     /// Rows (ids, loss mask) of at least two tokens, right-padded with `pad`, learning their
     /// answer tokens.
     pub fn new(rows: &[(&[u32], &[bool])], pad: u32, device: &Device) -> Result<MicroBatch> {
-        MicroBatch::build(rows, pad, Learn::Answers, device)
+        MicroBatch::build(rows, pad, Learn::ANSWERS, Shortlists::default(), device)
     }
 
-    /// As [`MicroBatch::new`], learning the positions `learn` says.
+    /// As [`MicroBatch::new`], learning the positions `learn` says under their softmax.
     pub fn build(
         rows: &[(&[u32], &[bool])],
         pad: u32,
         learn: Learn,
+        shortlists: Shortlists,
         device: &Device,
     ) -> Result<MicroBatch> {
         let inputs: Vec<Vec<u32>> = rows
@@ -207,47 +255,47 @@ impl MicroBatch {
             .map(|(ids, _)| ids[..ids.len().saturating_sub(1)].to_vec())
             .collect();
         let width = inputs.iter().map(Vec::len).max().unwrap_or(0);
-        let (mut positions, mut targets) = (Vec::new(), Vec::new());
-        let (mut prompt_positions, mut prompt_targets) = (Vec::new(), Vec::new());
+        let mut learned: BTreeMap<Softmax, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
         for (b, (ids, mask)) in rows.iter().enumerate() {
             for t in 0..ids.len().saturating_sub(1) {
-                let flat = (b * width + t) as u32;
-                if mask[t + 1] || learn == Learn::EveryToken {
-                    positions.push(flat);
+                if let Some(softmax) = learn.at(mask[t + 1]) {
+                    let (positions, targets) = learned.entry(softmax).or_default();
+                    positions.push((b * width + t) as u32);
                     targets.push(ids[t + 1]);
-                } else if learn == Learn::PromptInBatch {
-                    prompt_positions.push(flat);
-                    prompt_targets.push(ids[t + 1]);
                 }
             }
         }
-        let prompt = match prompt_positions.is_empty() {
-            true => None,
-            false => {
-                let shortlist: BTreeSet<u32> = rows
-                    .iter()
-                    .flat_map(|(ids, _)| ids.iter().copied())
-                    .collect();
-                let shortlist: Vec<u32> = shortlist.into_iter().collect();
-                let slots: Vec<u32> = prompt_targets
-                    .iter()
-                    .map(|id| shortlist.binary_search(id).expect("a row's own token") as u32)
-                    .collect();
-                let (m, s) = (slots.len(), shortlist.len());
-                Some(InBatch {
-                    positions: Tensor::from_vec(prompt_positions, m, device)?,
-                    shortlist: Tensor::from_vec(shortlist, s, device)?,
-                    slots: Tensor::from_vec(slots, m, device)?,
+        let (positions, targets) = learned.remove(&Softmax::Full).unwrap_or_default();
+        let mut loss_tokens = positions.len();
+        let mut shortlisted = Vec::new();
+        for (softmax, (at, targets)) in learned {
+            let shortlist = match softmax {
+                Softmax::Batch => shortlists.step,
+                _ => shortlists.trained,
+            };
+            let slots = targets
+                .iter()
+                .map(|id| match shortlist.binary_search(id) {
+                    Ok(slot) => Ok(slot as u32),
+                    Err(_) => Err(candle_core::Error::Msg(format!(
+                        "token {id} is learned under the {softmax:?} softmax but is not in its shortlist"
+                    ))),
                 })
-            }
-        };
-        let loss_tokens = positions.len() + prompt_targets.len();
+                .collect::<Result<Vec<u32>>>()?;
+            let (m, s) = (slots.len(), shortlist.len());
+            loss_tokens += m;
+            shortlisted.push(Shortlisted {
+                positions: Tensor::from_vec(at, m, device)?,
+                shortlist: Tensor::from_slice(shortlist, s, device)?,
+                slots: Tensor::from_vec(slots, m, device)?,
+            });
+        }
         let n = positions.len();
         Ok(MicroBatch {
             batch: Batch::padded(&inputs, pad, false, device)?,
             positions: Tensor::from_vec(positions, n, device)?,
             targets: Tensor::from_vec(targets, n, device)?,
-            prompt,
+            shortlisted,
             tokens: inputs.iter().map(Vec::len).sum(),
             loss_tokens,
         })
@@ -258,13 +306,23 @@ impl MicroBatch {
     pub fn loss(&self, model: &Decoder, hidden: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
         let flat = hidden.reshape((b * t, h))?;
-        let picked = flat.index_select(&self.positions, 0)?;
-        let mut sum = model.token_nll(&picked, &self.targets)?.sum_all()?;
-        if let Some(p) = &self.prompt {
-            let picked = flat.index_select(&p.positions, 0)?;
-            let nll = model.shortlist_nll(&picked, &p.shortlist, &p.slots)?;
-            let extra = nll.sum_all()?.to_dtype(sum.dtype())?;
-            sum = (sum + extra)?;
+        let mut sums = Vec::new();
+        if self.positions.dims1()? > 0 {
+            let picked = flat.index_select(&self.positions, 0)?;
+            sums.push(model.token_nll(&picked, &self.targets)?.sum_all()?);
+        }
+        for group in &self.shortlisted {
+            let picked = flat.index_select(&group.positions, 0)?;
+            let nll = model.shortlist_nll(&picked, &group.shortlist, &group.slots)?;
+            sums.push(nll.sum_all()?);
+        }
+        let mut sums = sums.into_iter();
+        let Some(mut sum) = sums.next() else {
+            candle_core::bail!("a micro-batch with nothing to learn");
+        };
+        for s in sums {
+            let s = s.to_dtype(sum.dtype())?;
+            sum = (sum + s)?;
         }
         sum * scale
     }
@@ -296,7 +354,7 @@ mod tests {
                 (vec![1, 2, 3], vec![false, true, true]),
                 (vec![1, 2, 3, 4, 5], vec![false, false, true, true, true]),
                 (vec![7, 8], vec![true, false]),
-                (vec![9, 9], vec![false, true]),
+                (vec![9, 8, 9], vec![false, false, true]),
             ]),
             4,
         );
@@ -304,10 +362,15 @@ mod tests {
             (rows.len(), rows.too_long, rows.nothing_to_learn),
             (2, 1, 1)
         );
-        assert_eq!(rows.get(1).0, [9, 9]);
+        assert_eq!(rows.get(1).0, [9, 8, 9]);
         assert_eq!(
-            rows.learned_tokens().into_iter().collect::<Vec<_>>(),
+            rows.learned_tokens(false).into_iter().collect::<Vec<_>>(),
             [2, 3, 9]
+        );
+        // Rows that learn their prompts too produce every token after the first.
+        assert_eq!(
+            rows.learned_tokens(true).into_iter().collect::<Vec<_>>(),
+            [2, 3, 8, 9]
         );
         let chunks: Vec<_> = rows.chunks(1).collect();
         assert_eq!(chunks.len(), 2);
@@ -355,23 +418,70 @@ mod tests {
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
         assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [12, 13, 21]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 3));
-        assert!(mb.prompt.is_none());
+        assert!(mb.shortlisted.is_empty());
         // Learning every token: the prompt's too.
-        let mb = MicroBatch::build(&rows, 0, Learn::EveryToken, &Device::Cpu).unwrap();
+        let every = Learn {
+            inputs: Some(Softmax::Full),
+            answers: Softmax::Full,
+        };
+        let none = Shortlists::default();
+        let mb = MicroBatch::build(&rows, 0, every, none, &Device::Cpu).unwrap();
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [0, 1, 2, 3]);
         assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [11, 12, 13, 21]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
-        // The prompt under the in-batch softmax: row 0's position 0 learns 11, one of the six
-        // tokens of the batch; the answers stay under the full vocabulary.
-        let mb = MicroBatch::build(&rows, 0, Learn::PromptInBatch, &Device::Cpu).unwrap();
+        // The prompt under the step's softmax: row 0's position 0 learns 11, one of the six
+        // tokens of the step; the answers stay under the full vocabulary.
+        let prompt_in_batch = Learn {
+            inputs: Some(Softmax::Batch),
+            answers: Softmax::Full,
+        };
+        let step = step_tokens(rows.iter().map(|(ids, _)| *ids));
+        let shortlists = Shortlists {
+            step: &step,
+            trained: &[],
+        };
+        let mb = MicroBatch::build(&rows, 0, prompt_in_batch, shortlists, &Device::Cpu).unwrap();
         assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
-        let prompt = mb.prompt.as_ref().unwrap();
-        assert_eq!(prompt.positions.to_vec1::<u32>().unwrap(), [0]);
+        let [in_batch] = &mb.shortlisted[..] else {
+            panic!("one shortlist")
+        };
+        assert_eq!(in_batch.positions.to_vec1::<u32>().unwrap(), [0]);
         assert_eq!(
-            prompt.shortlist.to_vec1::<u32>().unwrap(),
+            in_batch.shortlist.to_vec1::<u32>().unwrap(),
             [10, 11, 12, 13, 20, 21]
         );
-        assert_eq!(prompt.slots.to_vec1::<u32>().unwrap(), [1]);
+        assert_eq!(in_batch.slots.to_vec1::<u32>().unwrap(), [1]);
         assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
+        // The answers under the trained rows' softmax, the prompt under the step's: two
+        // shortlists, nothing reaches the full head.
+        let both = Learn {
+            inputs: Some(Softmax::Batch),
+            answers: Softmax::Trained,
+        };
+        let shortlists = Shortlists {
+            step: &step,
+            trained: &[5, 12, 13, 21],
+        };
+        let mb = MicroBatch::build(&rows, 0, both, shortlists, &Device::Cpu).unwrap();
+        assert_eq!(mb.positions.dims1().unwrap(), 0);
+        let [in_batch, trained] = &mb.shortlisted[..] else {
+            panic!("two shortlists")
+        };
+        assert_eq!(in_batch.positions.to_vec1::<u32>().unwrap(), [0]);
+        assert_eq!(trained.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
+        assert_eq!(trained.shortlist.to_vec1::<u32>().unwrap(), [5, 12, 13, 21]);
+        assert_eq!(trained.slots.to_vec1::<u32>().unwrap(), [1, 2, 3]);
+        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
+        // A learned token whose row is not trained cannot be learned under that softmax.
+        let answers = Learn {
+            inputs: None,
+            answers: Softmax::Trained,
+        };
+        let shortlists = Shortlists {
+            step: &step,
+            trained: &[12, 13],
+        };
+        let err = MicroBatch::build(&rows, 0, answers, shortlists, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("token 21"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::adapter;
-use super::batch::{Learn, MicroBatch, Order, Rows};
+use super::batch::{Learn, MicroBatch, Order, Rows, Shortlists, Softmax, step_tokens};
 use super::checkpoint::{self, Best, TrainState};
 use super::memory::MemoryProbe;
 use super::optim::AdamWConfig;
@@ -64,14 +64,6 @@ pub enum DtypeParam {
     Bf16,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputSoftmax {
-    #[default]
-    Full,
-    Batch,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftParams {
@@ -106,10 +98,15 @@ pub struct SftParams {
     #[serde(default)]
     pub train_on_inputs: bool,
     /// The softmax the prompt's tokens are learned under with `train_on_inputs`: `full` (the
-    /// vocabulary, exact) or `batch` (the micro-batch's own tokens only: a sampled softmax that
-    /// costs next to nothing, where `full` takes a pass over the vocabulary per prompt token).
+    /// vocabulary, exact) or `batch` (the step's own tokens only: a sampled softmax that costs
+    /// next to nothing, where `full` takes a pass over the vocabulary per prompt token).
     #[serde(default)]
-    pub input_softmax: InputSoftmax,
+    pub input_softmax: Softmax,
+    /// The same for the answer tokens, or `trained` (for either): the rows the run trains (with
+    /// `train_completion_tokens`). The dev loss stays the full vocabulary's, so it shows what a
+    /// shortlist costs; for a small model on a CPU the full head is most of a step.
+    #[serde(default)]
+    pub answer_softmax: Softmax,
     /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
     #[serde(default = "default_embedding_lr_scale")]
     pub embedding_lr_scale: f64,
@@ -128,9 +125,10 @@ pub struct SftParams {
     /// Tokens (each one token of the model's tokenizer) whose embedding/head rows are trained.
     #[serde(default = "default_train_tokens")]
     pub train_tokens: Vec<String>,
-    /// Also train the rows of every token the training rows learn to produce. A model whose
-    /// embedding never learned them needs it: a random-initialized one's logits are bounded by
-    /// its small frozen rows, so no LoRA can make it confident of any token.
+    /// Also train the rows of every token the training rows learn to produce (with
+    /// `train_on_inputs`, the prompts' tokens too). A model whose embedding never learned them
+    /// needs it: a random-initialized one's logits are bounded by its small frozen rows, so no
+    /// LoRA can make it confident of any token, and its prompts' words mean nothing to it.
     #[serde(default)]
     pub train_completion_tokens: bool,
     /// `nf4`: QLoRA, the frozen projections in 4-bit NormalFloat.
@@ -210,9 +208,16 @@ impl SftParams {
         if self.max_steps == Some(0) {
             return fail("`max_steps` must be at least 1");
         }
-        if self.input_softmax != InputSoftmax::Full && !self.train_on_inputs {
+        if self.input_softmax != Softmax::Full && !self.train_on_inputs {
             return fail(
                 "`input_softmax` applies to the prompt's tokens: set `train_on_inputs: true`",
+            );
+        }
+        if (self.input_softmax == Softmax::Trained || self.answer_softmax == Softmax::Trained)
+            && !self.train_completion_tokens
+        {
+            return fail(
+                "the `trained` softmax needs the row of every learned token trained: set `train_completion_tokens: true`",
             );
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
@@ -393,7 +398,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         .into_iter()
         .collect();
     if params.train_completion_tokens {
-        token_rows.extend(train.learned_tokens());
+        token_rows.extend(train.learned_tokens(params.train_on_inputs));
     }
     let (device, dtype) = resolve_device(params.device, params.dtype, ctx.device);
     let candle = candle_device(device)?;
@@ -411,21 +416,18 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         }
     }
     let pad = decoder.config().pad_token_id.unwrap_or(0);
-    let mut trainer = Trainer::new(
-        decoder,
-        &params.train_config(token_rows.into_iter().collect()),
-    )
-    .map_err(candle_err)?;
+    let token_rows: Vec<u32> = token_rows.into_iter().collect();
+    let mut trainer =
+        Trainer::new(decoder, &params.train_config(token_rows.clone())).map_err(candle_err)?;
 
     let total = params.total_steps(train.len());
     let schedule = Schedule::new(params.lr_scheduler, params.lr, params.warmup_ratio, total);
     let save_every = params.save_every.unwrap_or(params.eval_every);
     let mut order = Order::new(params.seed, train.len());
     let eval_batch = params.micro_batch_size;
-    let learn = match (params.train_on_inputs, params.input_softmax) {
-        (false, _) => Learn::Answers,
-        (true, InputSoftmax::Full) => Learn::EveryToken,
-        (true, InputSoftmax::Batch) => Learn::PromptInBatch,
+    let learn = Learn {
+        inputs: params.train_on_inputs.then_some(params.input_softmax),
+        answers: params.answer_softmax,
     };
 
     let (mut state, mut best_values, resumed_from) =
@@ -482,12 +484,17 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
         let step = state.step;
         let lr = schedule.lr(step);
         let t0 = Instant::now();
-        let micro = order
-            .step(step, params.grad_accum, params.micro_batch_size)
+        let step_rows = order.step(step, params.grad_accum, params.micro_batch_size);
+        let step_tokens = step_tokens(step_rows.iter().flatten().map(|&i| train.get(i).0));
+        let shortlists = Shortlists {
+            step: &step_tokens,
+            trained: &token_rows,
+        };
+        let micro = step_rows
             .iter()
             .map(|rows| {
                 let rows: Vec<_> = rows.iter().map(|&i| train.get(i)).collect();
-                MicroBatch::build(&rows, pad, learn, &candle)
+                MicroBatch::build(&rows, pad, learn, shortlists, &candle)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(candle_err)?;
@@ -631,7 +638,10 @@ mod tests {
         assert_eq!(p.train_tokens, ["<tool_call>", "</tool_call>"]);
         assert_eq!(p.embedding_lr_scale, 1.0);
         assert!(!p.train_on_inputs);
-        assert_eq!(p.input_softmax, InputSoftmax::Full);
+        assert_eq!(
+            (p.input_softmax, p.answer_softmax),
+            (Softmax::Full, Softmax::Full)
+        );
         assert_eq!(
             (p.quant, p.device, p.dtype),
             (Quant::None, DeviceParam::Auto, DtypeParam::Auto)
@@ -648,6 +658,10 @@ mod tests {
         for (json, needle) in [
             (json!({"epochs": 1, "max_steps": 5}), "not both"),
             (json!({"input_softmax": "batch"}), "train_on_inputs"),
+            (
+                json!({"answer_softmax": "trained"}),
+                "train_completion_tokens",
+            ),
             (
                 json!({"lora_targets": ["q", "lm_head"]}),
                 "unknown variant `lm_head`",

@@ -9,6 +9,7 @@
 //! whatever their lengths.
 
 use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::adapter::Adapter;
@@ -16,7 +17,7 @@ use super::batch::{MicroBatch, Rows};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::model::decoder::Decoder;
 use crate::model::linear::Proj;
-use crate::model::lora::{LoraConfig, LoraSet};
+use crate::model::lora::{LoraConfig, LoraSet, dropout_step};
 use crate::model::nf4::quantize_decoder;
 
 /// How the frozen projections are stored while training.
@@ -155,7 +156,9 @@ impl Trainer {
     }
 
     /// The loss of a step over `micro` (f32 scalar) and its gradient for each trained tensor,
-    /// accumulated over the micro-batches (see the module docs for the normalization).
+    /// accumulated over the micro-batches (see the module docs for the normalization). On a CPU
+    /// the micro-batches run in parallel, their gradients summed in order: the same bits as one
+    /// after the other.
     pub fn gradients(&self, micro: &[MicroBatch], step: u64) -> Result<(Tensor, Vec<Tensor>)> {
         let loss_tokens: usize = micro.iter().map(|m| m.loss_tokens).sum();
         if loss_tokens == 0 {
@@ -169,33 +172,39 @@ impl Trainer {
             .map(|s| s.var.as_tensor().clone())
             .collect();
         let param_refs: Vec<&Tensor> = params.iter().collect();
-        let mut sums: Vec<Option<Tensor>> = vec![None; params.len()];
-        let mut loss: Option<Tensor> = None;
-        for (j, mb) in micro.iter().enumerate() {
-            self.adapter
-                .lora
-                .set_step(Some(step * micro.len() as u64 + j as u64));
-            let (l, grads) = self.decoder.loss_and_grads(
+        let one = |(j, mb): (usize, &MicroBatch)| -> Result<(Tensor, Vec<Option<Tensor>>)> {
+            let _dropout = dropout_step(step * micro.len() as u64 + j as u64);
+            let (loss, mut grads) = self.decoder.loss_and_grads(
                 &mb.batch,
                 self.grad_checkpointing,
                 &param_refs,
                 |m, h| mb.loss(m, h, scale),
             )?;
-            for (sum, p) in sums.iter_mut().zip(&params) {
-                if let Some(g) = grads.get(p) {
-                    *sum = Some(match sum.take() {
-                        Some(s) => (s + g)?,
-                        None => g.clone(),
-                    });
-                }
+            let grads = params.iter().map(|p| grads.remove(p)).collect();
+            Ok((loss.to_dtype(DType::F32)?, grads))
+        };
+        let parts = match self.decoder.device().is_cpu() {
+            true => micro.par_iter().enumerate().map(one).collect(),
+            false => micro
+                .iter()
+                .enumerate()
+                .map(one)
+                .collect::<Result<Vec<_>>>(),
+        }?;
+        let mut sums: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss: Option<Tensor> = None;
+        for (l, grads) in parts {
+            for (sum, g) in sums.iter_mut().zip(grads) {
+                *sum = match (sum.take(), g) {
+                    (Some(s), Some(g)) => Some((s + g)?),
+                    (s, g) => s.or(g),
+                };
             }
-            let l = l.to_dtype(DType::F32)?;
             loss = Some(match loss {
                 Some(acc) => (acc + l)?,
                 None => l,
             });
         }
-        self.adapter.lora.set_step(None);
         let grads = sums
             .into_iter()
             .zip(&params)
@@ -206,28 +215,22 @@ impl Trainer {
         Ok((loss, grads))
     }
 
-    /// The mean next-token NLL over every learned token of `rows`, `batch_size` rows at a time,
-    /// without dropout; `None` when `rows` is empty.
+    /// The mean next-token NLL over every learned token of `rows`, `batch_size` rows at a time
+    /// (in parallel on a CPU), without dropout; `None` when `rows` is empty.
     pub fn eval_loss(&self, rows: &Rows, batch_size: usize, pad: u32) -> Result<Option<f64>> {
-        self.adapter.lora.set_step(None);
-        let mut total: Option<Tensor> = None;
-        let mut count = 0usize;
-        for chunk in rows.chunks(batch_size) {
-            let mb = MicroBatch::new(&chunk, pad, self.decoder.device())?;
+        let one = |chunk: &Vec<(&[u32], &[bool])>| -> Result<(f64, usize)> {
+            let mb = MicroBatch::new(chunk, pad, self.decoder.device())?;
             let hidden = self.decoder.hidden_no_grad(&mb.batch)?;
-            let sum = mb
-                .loss(&self.decoder, &hidden, 1.0)?
-                .detach()
-                .to_dtype(DType::F64)?;
-            total = Some(match total {
-                Some(t) => (t + sum)?,
-                None => sum,
-            });
-            count += mb.loss_tokens;
-        }
-        total
-            .map(|t| Ok(t.to_scalar::<f64>()? / count as f64))
-            .transpose()
+            let sum = mb.loss(&self.decoder, &hidden, 1.0)?.to_dtype(DType::F64)?;
+            Ok((sum.to_scalar::<f64>()?, mb.loss_tokens))
+        };
+        let chunks: Vec<_> = rows.chunks(batch_size).collect();
+        let sums = match self.decoder.device().is_cpu() {
+            true => chunks.par_iter().map(one).collect(),
+            false => chunks.iter().map(one).collect::<Result<Vec<_>>>(),
+        }?;
+        let count: usize = sums.iter().map(|(_, n)| n).sum();
+        Ok((!sums.is_empty()).then(|| sums.iter().map(|(s, _)| s).sum::<f64>() / count as f64))
     }
 }
 
@@ -240,7 +243,7 @@ pub(crate) mod tests {
     use crate::model::decoder::tests::fixture;
     use crate::model::linear::Proj;
     use crate::model::ops::tests::max_abs_diff;
-    use crate::train::batch::Learn;
+    use crate::train::batch::{Learn, Shortlists, Softmax};
 
     /// The qwen3 fixture (hidden 32, vocab 128) with every projection adapted and two token rows.
     pub fn config() -> TrainConfig {
@@ -299,6 +302,50 @@ pub(crate) mod tests {
         assert_eq!(trainer.names[28], "model.embed_tokens.delta");
         let got = trainer.decoder.forward(&batch, None).unwrap();
         assert_eq!(max_abs_diff(&got, &want), 0.0);
+    }
+
+    #[test]
+    fn parallel_micro_batches_give_the_bits_of_one_after_the_other() {
+        let mut cfg = config();
+        cfg.lora.dropout = 0.2;
+        let trainer = Trainer::new(fixture_model(), &cfg).unwrap();
+        let ones: Vec<MicroBatch> = rows().chunks(1).map(micro).collect();
+        let (loss, grads) = trainer.gradients(&ones, 7).unwrap();
+        // One after the other on this thread, each with its own dropout step, summed in order.
+        let scale = 1.0 / ones.iter().map(|m| m.loss_tokens).sum::<usize>() as f64;
+        let params: Vec<Tensor> = trainer.values().unwrap();
+        let vars: Vec<&Tensor> = trainer
+            .optimizer
+            .slots
+            .iter()
+            .map(|s| s.var.as_tensor())
+            .collect();
+        let (mut want_loss, mut want) = (0f32, vec![None::<Tensor>; params.len()]);
+        for (j, mb) in ones.iter().enumerate() {
+            let _dropout = dropout_step(7 * ones.len() as u64 + j as u64);
+            let (l, mut g) = trainer
+                .decoder
+                .loss_and_grads(&mb.batch, false, &vars, |m, h| mb.loss(m, h, scale))
+                .unwrap();
+            want_loss += l.to_scalar::<f32>().unwrap();
+            for (sum, v) in want.iter_mut().zip(&vars) {
+                if let Some(g) = g.remove(v) {
+                    *sum = Some(match sum.take() {
+                        Some(s) => (s + g).unwrap(),
+                        None => g,
+                    });
+                }
+            }
+        }
+        assert_eq!(loss.to_scalar::<f32>().unwrap(), want_loss);
+        for ((name, got), want) in trainer.names.iter().zip(&grads).zip(want) {
+            let want = want.unwrap_or_else(|| got.zeros_like().unwrap());
+            assert_eq!(max_abs_diff(got, &want), 0.0, "{name}");
+        }
+        // Dropout is on: another step draws other masks (`B` of the first pair: `A`'s gradient
+        // is 0 while `B` is).
+        let other = trainer.gradients(&ones, 8).unwrap().1;
+        assert!(max_abs_diff(&other[1], &grads[1]) > 0.0);
     }
 
     #[test]
@@ -366,45 +413,68 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn prompts_learn_under_the_batch_softmax_and_answers_under_the_full_one() {
+    fn shortlisted_positions_learn_under_their_shortlist_and_the_rest_under_the_full_vocabulary() {
         let trainer = Trainer::new(fixture_model(), &config()).unwrap();
         let rows = rows();
         let refs: Vec<(&[u32], &[bool])> = rows
             .iter()
             .map(|(i, m)| (i.as_slice(), m.as_slice()))
             .collect();
-        let mb = MicroBatch::build(&refs, 0, Learn::PromptInBatch, &Device::Cpu).unwrap();
-        let loss = trainer.gradients(&[mb], 0).unwrap().0;
-        // The same mean from the full logits, row by row.
         let shortlist: std::collections::BTreeSet<u32> = rows
             .iter()
             .flat_map(|(ids, _)| ids.iter().copied())
             .collect();
-        let (mut total, mut n) = (0f64, 0usize);
-        for (ids, mask) in &rows {
-            let inputs = vec![ids[..ids.len() - 1].to_vec()];
-            let batch = Batch::dense(&inputs, 0, &Device::Cpu).unwrap();
-            let logits = trainer.decoder.forward(&batch, None).unwrap();
-            let logits = logits.to_vec3::<f32>().unwrap().remove(0);
-            for (t, row) in logits.iter().enumerate() {
-                let over: Vec<usize> = match mask[t + 1] {
-                    true => (0..row.len()).collect(),
-                    false => shortlist.iter().map(|&id| id as usize).collect(),
-                };
-                let lse = over
-                    .iter()
-                    .map(|&j| f64::from(row[j]).exp())
-                    .sum::<f64>()
-                    .ln();
-                total += lse - f64::from(row[ids[t + 1] as usize]);
-                n += 1;
+        // The trained rows: a shortlist other than the batch's, holding every answer token.
+        let trained: Vec<u32> = rows
+            .iter()
+            .flat_map(|(ids, mask)| ids.iter().zip(mask).filter(|(_, m)| **m).map(|(id, _)| *id))
+            .chain([7, 40, 41])
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        for answers in [Softmax::Full, Softmax::Batch, Softmax::Trained] {
+            let learn = Learn {
+                inputs: Some(Softmax::Batch),
+                answers,
+            };
+            let step: Vec<u32> = shortlist.iter().copied().collect();
+            let shortlists = Shortlists {
+                step: &step,
+                trained: &trained,
+            };
+            let mb = MicroBatch::build(&refs, 0, learn, shortlists, &Device::Cpu).unwrap();
+            let loss = trainer.gradients(&[mb], 0).unwrap().0;
+            // The same mean from the full logits, row by row.
+            let (mut total, mut n) = (0f64, 0usize);
+            for (ids, mask) in &rows {
+                let inputs = vec![ids[..ids.len() - 1].to_vec()];
+                let batch = Batch::dense(&inputs, 0, &Device::Cpu).unwrap();
+                let logits = trainer.decoder.forward(&batch, None).unwrap();
+                let logits = logits.to_vec3::<f32>().unwrap().remove(0);
+                for (t, row) in logits.iter().enumerate() {
+                    let over: Vec<usize> = match (mask[t + 1], answers) {
+                        (true, Softmax::Full) => (0..row.len()).collect(),
+                        (true, Softmax::Trained) => trained.iter().map(|&id| id as usize).collect(),
+                        _ => shortlist.iter().map(|&id| id as usize).collect(),
+                    };
+                    let lse = over
+                        .iter()
+                        .map(|&j| f64::from(row[j]).exp())
+                        .sum::<f64>()
+                        .ln();
+                    total += lse - f64::from(row[ids[t + 1] as usize]);
+                    n += 1;
+                }
             }
+            let (got, want) = (
+                f64::from(loss.to_scalar::<f32>().unwrap()),
+                total / n as f64,
+            );
+            assert!(
+                (got - want).abs() < 1e-5 * want,
+                "{answers:?}: {got} vs {want}"
+            );
         }
-        let (got, want) = (
-            f64::from(loss.to_scalar::<f32>().unwrap()),
-            total / n as f64,
-        );
-        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
     }
 
     #[test]
