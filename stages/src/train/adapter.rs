@@ -66,6 +66,81 @@ pub struct Adapter {
     pub rows: Option<TrainableRows>,
 }
 
+impl Adapter {
+    /// Sets this adapter's tensors (a trainer's, freshly installed) to those of `from` (one read
+    /// by [`load`]), to train on from there: every LoRA pair, which must be on the same
+    /// projections with the same rank and scale, and the token rows `from` trains, each of which
+    /// must be among this adapter's (the rest keep their zero delta).
+    pub fn start_from(&self, from: &Adapter) -> Result<(), String> {
+        let describe = |set: &LoraSet| {
+            let (first, count) = (set.layers.values().next(), set.layers.len());
+            let shape = first.map_or("none".into(), |l| {
+                format!("r {}, scale {}", l.a().dims()[0], l.scale())
+            });
+            format!("{count} pairs, {shape}")
+        };
+        let same = self.lora.layers.len() == from.lora.layers.len()
+            && self.lora.layers.iter().all(|(id, ours)| {
+                from.lora.layers.get(id).is_some_and(|theirs| {
+                    ours.a().dims() == theirs.a().dims()
+                        && ours.b().dims() == theirs.b().dims()
+                        && ours.scale() == theirs.scale()
+                })
+            });
+        if !same {
+            return Err(format!(
+                "its LoRA ({}) is not the one this stage trains ({}): lora_r, lora_alpha and \
+                 lora_targets must match",
+                describe(&from.lora),
+                describe(&self.lora)
+            ));
+        }
+        let candle = |e: candle_core::Error| e.to_string();
+        for (id, ours) in &self.lora.layers {
+            let theirs = &from.lora.layers[id];
+            ours.a().set(theirs.a()).map_err(candle)?;
+            ours.b().set(theirs.b()).map_err(candle)?;
+        }
+        let Some(theirs) = &from.rows else {
+            return Ok(());
+        };
+        let Some(ours) = &self.rows else {
+            return Err("it trains token rows, and this stage trains none".into());
+        };
+        let pairs = match (&ours.lm_head, &theirs.lm_head) {
+            (None, None) => vec![(&ours.embedding, &theirs.embedding)],
+            (Some(ours_head), Some(theirs_head)) => vec![
+                (&ours.embedding, &theirs.embedding),
+                (ours_head, theirs_head),
+            ],
+            _ => return Err("its head is tied differently from this model's".into()),
+        };
+        for (ours, theirs) in pairs {
+            let mut delta = ours.delta().to_vec2::<f32>().map_err(candle)?;
+            let rows = theirs.delta().to_vec2::<f32>().map_err(candle)?;
+            let slot: HashMap<u32, usize> = ours
+                .ids()
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, i))
+                .collect();
+            for (&id, row) in theirs.ids().iter().zip(rows) {
+                let Some(&at) = slot.get(&id) else {
+                    return Err(format!(
+                        "it trains the row of token {id}, which this stage does not"
+                    ));
+                };
+                delta[at] = row;
+            }
+            let delta = Tensor::new(delta, ours.delta().device())
+                .and_then(|d| d.to_dtype(ours.delta().dtype()))
+                .map_err(candle)?;
+            ours.delta().set(&delta).map_err(candle)?;
+        }
+        Ok(())
+    }
+}
+
 fn lora_key(id: &LinearId, half: &str) -> String {
     format!("{PREFIX}{}.lora_{half}.weight", id.hf_name())
 }
@@ -976,6 +1051,53 @@ pub(crate) mod tests {
                 max_abs_diff(&before, &logits(&base(arch), &ids)) > 0.1,
                 "{arch}"
             );
+        }
+    }
+
+    #[test]
+    fn a_trainer_starts_from_a_saved_adapter() {
+        use crate::train::trainer::{TrainConfig, Trainer};
+        for (_, arch, targets, ids) in forge_cases() {
+            let mut trained_model = base(arch);
+            let adapter = trained(&mut trained_model, &targets, &ids);
+            let dir = tempfile::tempdir().unwrap();
+            save(&adapter, &trained_model, dir.path(), "base").unwrap();
+            let loaded = load(dir.path(), &mut base(arch)).unwrap();
+            let trainer = |r: usize, token_rows: Vec<u32>| {
+                let config = TrainConfig {
+                    lora: LoraConfig {
+                        r,
+                        alpha: 2.0 * r as f64,
+                        dropout: 0.0,
+                        targets: targets.clone(),
+                    },
+                    token_rows,
+                    ..crate::train::trainer::tests::config()
+                };
+                Trainer::new(base(arch), &config).unwrap()
+            };
+            // One more row than the adapter trains: it starts at zero, and the model is the
+            // adapter's.
+            let mut rows = ids.clone();
+            rows.push(60);
+            let started = trainer(4, rows);
+            started.adapter.start_from(&loaded).unwrap();
+            let probe = Tensor::new(&[[3u32, 77, 5, 127, 60, 1, 77]], &Device::Cpu).unwrap();
+            let (want, got) = (
+                logits(&trained_model, &probe),
+                logits(&started.decoder, &probe),
+            );
+            assert!(max_abs_diff(&want, &got) < 1e-5, "{arch}");
+            let err = trainer(8, ids.clone())
+                .adapter
+                .start_from(&loaded)
+                .unwrap_err();
+            assert!(err.contains("lora_r"), "{err}");
+            let err = trainer(4, ids[1..].to_vec())
+                .adapter
+                .start_from(&loaded)
+                .unwrap_err();
+            assert!(err.contains(&format!("token {}", ids[0])), "{err}");
         }
     }
 

@@ -11,7 +11,7 @@
 //! at position `t` wherever format's mask marks `t + 1` as learned. Only those positions reach the
 //! head: with a 151,936-token vocabulary, logits everywhere would dominate the cost.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -167,13 +167,15 @@ pub enum Softmax {
     Trained,
 }
 
-/// Which positions of a row a micro-batch learns, and under which softmax.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which positions of a row a micro-batch learns, under which softmax and at which weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Learn {
     /// The prompt's tokens (sft's `train_on_inputs`), or none of them.
     pub inputs: Option<Softmax>,
     /// The answer tokens (format's mask).
     pub answers: Softmax,
+    /// A prompt token's weight in the loss, an answer token's being 1.
+    pub input_weight: f64,
 }
 
 impl Learn {
@@ -181,31 +183,34 @@ impl Learn {
     pub const ANSWERS: Learn = Learn {
         inputs: None,
         answers: Softmax::Full,
+        input_weight: 1.0,
     };
-
-    fn at(self, answer: bool) -> Option<Softmax> {
-        match answer {
-            true => Some(self.answers),
-            false => self.inputs,
-        }
-    }
 }
 
 /// A micro-batch on the device, with the flat positions (`b·T + t`) whose next token is learned.
 #[derive(Debug)]
 pub struct MicroBatch {
     pub batch: Batch,
-    /// `[N]` u32 indices into the `[B·T]` flattened positions learned under the full vocabulary.
-    pub positions: Tensor,
-    /// `[N]` u32: the token each of those positions must predict.
-    pub targets: Tensor,
-    /// The positions learned under a shortlist softmax ([`Softmax::Batch`], [`Softmax::Trained`]),
-    /// one group per shortlist.
-    pub shortlisted: Vec<Shortlisted>,
+    /// The learned positions: the answers' group, then the prompt's (either may be absent).
+    pub groups: Vec<Learned>,
     /// Real (unpadded) input tokens.
     pub tokens: usize,
-    /// Learned tokens (`N`, plus the shortlisted ones).
-    pub loss_tokens: usize,
+    /// Learned tokens, each counted at its weight.
+    pub loss_weight: f64,
+}
+
+/// Positions learned under one softmax at one weight.
+#[derive(Debug)]
+pub struct Learned {
+    /// `[M]` u32 flat positions.
+    pub positions: Tensor,
+    /// `[M]` u32: the token each position must predict, as its id under the full vocabulary and
+    /// as its index into `shortlist` under a shortlist.
+    pub targets: Tensor,
+    /// `[S]` u32 token ids, ascending, for [`Softmax::Batch`] and [`Softmax::Trained`].
+    pub shortlist: Option<Tensor>,
+    /// Each position's weight in the loss.
+    pub weight: f64,
 }
 
 /// The shortlists of [`Softmax::Batch`] and [`Softmax::Trained`]: ascending token ids, each
@@ -222,17 +227,6 @@ pub struct Shortlists<'a> {
 pub fn step_tokens<'a>(rows: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
     let tokens: BTreeSet<u32> = rows.into_iter().flatten().copied().collect();
     tokens.into_iter().collect()
-}
-
-/// Positions learned under a softmax restricted to `shortlist`.
-#[derive(Debug)]
-pub struct Shortlisted {
-    /// `[M]` u32 flat positions.
-    pub positions: Tensor,
-    /// `[S]` u32 token ids, ascending.
-    pub shortlist: Tensor,
-    /// `[M]` u32: each target's index into `shortlist`.
-    pub slots: Tensor,
 }
 
 impl MicroBatch {
@@ -255,76 +249,85 @@ impl MicroBatch {
             .map(|(ids, _)| ids[..ids.len().saturating_sub(1)].to_vec())
             .collect();
         let width = inputs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut learned: BTreeMap<Softmax, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
-        for (b, (ids, mask)) in rows.iter().enumerate() {
-            for t in 0..ids.len().saturating_sub(1) {
-                if let Some(softmax) = learn.at(mask[t + 1]) {
-                    let (positions, targets) = learned.entry(softmax).or_default();
-                    positions.push((b * width + t) as u32);
-                    targets.push(ids[t + 1]);
+        let kinds = [
+            (true, Some(learn.answers), 1.0),
+            (false, learn.inputs, learn.input_weight),
+        ];
+        let mut groups = Vec::new();
+        let mut loss_weight = 0.0;
+        for (answers, softmax, weight) in kinds {
+            let Some(softmax) = softmax else { continue };
+            let (mut positions, mut targets) = (Vec::new(), Vec::new());
+            for (b, (ids, mask)) in rows.iter().enumerate() {
+                for t in 0..ids.len().saturating_sub(1) {
+                    if mask[t + 1] == answers {
+                        positions.push((b * width + t) as u32);
+                        targets.push(ids[t + 1]);
+                    }
                 }
             }
-        }
-        let (positions, targets) = learned.remove(&Softmax::Full).unwrap_or_default();
-        let mut loss_tokens = positions.len();
-        let mut shortlisted = Vec::new();
-        for (softmax, (at, targets)) in learned {
+            if positions.is_empty() {
+                continue;
+            }
             let shortlist = match softmax {
-                Softmax::Batch => shortlists.step,
-                _ => shortlists.trained,
+                Softmax::Full => None,
+                Softmax::Batch => Some(shortlists.step),
+                Softmax::Trained => Some(shortlists.trained),
             };
-            let slots = targets
-                .iter()
-                .map(|id| match shortlist.binary_search(id) {
-                    Ok(slot) => Ok(slot as u32),
-                    Err(_) => Err(candle_core::Error::Msg(format!(
-                        "token {id} is learned under the {softmax:?} softmax but is not in its shortlist"
-                    ))),
-                })
-                .collect::<Result<Vec<u32>>>()?;
-            let (m, s) = (slots.len(), shortlist.len());
-            loss_tokens += m;
-            shortlisted.push(Shortlisted {
-                positions: Tensor::from_vec(at, m, device)?,
-                shortlist: Tensor::from_slice(shortlist, s, device)?,
-                slots: Tensor::from_vec(slots, m, device)?,
+            if let Some(shortlist) = shortlist {
+                for id in &mut targets {
+                    *id = match shortlist.binary_search(id) {
+                        Ok(slot) => slot as u32,
+                        Err(_) => candle_core::bail!(
+                            "token {id} is learned under the {softmax:?} softmax but is not in its shortlist"
+                        ),
+                    };
+                }
+            }
+            let m = positions.len();
+            loss_weight += weight * m as f64;
+            groups.push(Learned {
+                positions: Tensor::from_vec(positions, m, device)?,
+                targets: Tensor::from_vec(targets, m, device)?,
+                shortlist: shortlist
+                    .map(|s| Tensor::from_slice(s, s.len(), device))
+                    .transpose()?,
+                weight,
             });
         }
-        let n = positions.len();
         Ok(MicroBatch {
             batch: Batch::padded(&inputs, pad, false, device)?,
-            positions: Tensor::from_vec(positions, n, device)?,
-            targets: Tensor::from_vec(targets, n, device)?,
-            shortlisted,
+            groups,
             tokens: inputs.iter().map(Vec::len).sum(),
-            loss_tokens,
+            loss_weight,
         })
     }
 
-    /// `scale ·` the summed next-token NLL of the learned positions, from the final hidden states
-    /// `[B, T, hidden]`: the head runs on those positions only.
+    /// `scale ·` the weighted sum of the learned positions' next-token NLL, from the final hidden
+    /// states `[B, T, hidden]`: the head runs on those positions only.
     pub fn loss(&self, model: &Decoder, hidden: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
         let flat = hidden.reshape((b * t, h))?;
-        let mut sums = Vec::new();
-        if self.positions.dims1()? > 0 {
-            let picked = flat.index_select(&self.positions, 0)?;
-            sums.push(model.token_nll(&picked, &self.targets)?.sum_all()?);
-        }
-        for group in &self.shortlisted {
+        let mut total: Option<Tensor> = None;
+        for group in &self.groups {
             let picked = flat.index_select(&group.positions, 0)?;
-            let nll = model.shortlist_nll(&picked, &group.shortlist, &group.slots)?;
-            sums.push(nll.sum_all()?);
+            let nll = match &group.shortlist {
+                None => model.token_nll(&picked, &group.targets)?,
+                Some(shortlist) => model.shortlist_nll(&picked, shortlist, &group.targets)?,
+            };
+            let sum = (nll.sum_all()? * group.weight)?;
+            total = Some(match total {
+                Some(t) => {
+                    let sum = sum.to_dtype(t.dtype())?;
+                    (t + sum)?
+                }
+                None => sum,
+            });
         }
-        let mut sums = sums.into_iter();
-        let Some(mut sum) = sums.next() else {
-            candle_core::bail!("a micro-batch with nothing to learn");
-        };
-        for s in sums {
-            let s = s.to_dtype(sum.dtype())?;
-            sum = (sum + s)?;
+        match total {
+            Some(total) => total * scale,
+            None => candle_core::bail!("a micro-batch with nothing to learn"),
         }
-        sum * scale
     }
 }
 
@@ -409,74 +412,66 @@ mod tests {
             (&[10, 11, 12, 13], &[false, false, true, true]),
             (&[20, 21], &[false, true]),
         ];
+        /// Each group's (positions, targets, shortlist, weight).
+        type Group = (Vec<u32>, Vec<u32>, Option<Vec<u32>>, f64);
+        let groups = |mb: &MicroBatch| -> Vec<Group> {
+            let v = |t: &Tensor| t.to_vec1::<u32>().unwrap();
+            mb.groups
+                .iter()
+                .map(|g| {
+                    let list = g.shortlist.as_ref().map(v);
+                    (v(&g.positions), v(&g.targets), list, g.weight)
+                })
+                .collect()
+        };
         let mb = MicroBatch::new(&rows, 0, &Device::Cpu).unwrap();
         assert_eq!(
             mb.batch.ids.to_vec2::<u32>().unwrap(),
             [[10, 11, 12], [20, 0, 0]]
         );
         // Row 0 learns 12 (at t = 1) and 13 (t = 2); row 1 learns 21 at t = 0, flat index 3.
-        assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
-        assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [12, 13, 21]);
-        assert_eq!((mb.tokens, mb.loss_tokens), (4, 3));
-        assert!(mb.shortlisted.is_empty());
-        // Learning every token: the prompt's too.
+        assert_eq!(groups(&mb), [(vec![1, 2, 3], vec![12, 13, 21], None, 1.0)]);
+        assert_eq!((mb.tokens, mb.loss_weight), (4, 3.0));
+        // Learning every token: the prompt's (row 0's 11 at t = 0) too, at its own weight.
         let every = Learn {
             inputs: Some(Softmax::Full),
             answers: Softmax::Full,
+            input_weight: 0.25,
         };
         let none = Shortlists::default();
         let mb = MicroBatch::build(&rows, 0, every, none, &Device::Cpu).unwrap();
-        assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [0, 1, 2, 3]);
-        assert_eq!(mb.targets.to_vec1::<u32>().unwrap(), [11, 12, 13, 21]);
-        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
-        // The prompt under the step's softmax: row 0's position 0 learns 11, one of the six
-        // tokens of the step; the answers stay under the full vocabulary.
+        assert_eq!(
+            groups(&mb),
+            [
+                (vec![1, 2, 3], vec![12, 13, 21], None, 1.0),
+                (vec![0], vec![11], None, 0.25)
+            ]
+        );
+        assert_eq!((mb.tokens, mb.loss_weight), (4, 3.25));
+        // The prompt under the step's softmax: 11 is slot 1 of the six tokens of the step.
+        let step = step_tokens(rows.iter().map(|(ids, _)| *ids));
+        let trained = [5, 12, 13, 21];
+        let shortlists = Shortlists {
+            step: &step,
+            trained: &trained,
+        };
         let prompt_in_batch = Learn {
             inputs: Some(Softmax::Batch),
-            answers: Softmax::Full,
-        };
-        let step = step_tokens(rows.iter().map(|(ids, _)| *ids));
-        let shortlists = Shortlists {
-            step: &step,
-            trained: &[],
+            ..Learn::ANSWERS
         };
         let mb = MicroBatch::build(&rows, 0, prompt_in_batch, shortlists, &Device::Cpu).unwrap();
-        assert_eq!(mb.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
-        let [in_batch] = &mb.shortlisted[..] else {
-            panic!("one shortlist")
-        };
-        assert_eq!(in_batch.positions.to_vec1::<u32>().unwrap(), [0]);
-        assert_eq!(
-            in_batch.shortlist.to_vec1::<u32>().unwrap(),
-            [10, 11, 12, 13, 20, 21]
-        );
-        assert_eq!(in_batch.slots.to_vec1::<u32>().unwrap(), [1]);
-        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
-        // The answers under the trained rows' softmax, the prompt under the step's: two
-        // shortlists, nothing reaches the full head.
-        let both = Learn {
-            inputs: Some(Softmax::Batch),
-            answers: Softmax::Trained,
-        };
-        let shortlists = Shortlists {
-            step: &step,
-            trained: &[5, 12, 13, 21],
-        };
-        let mb = MicroBatch::build(&rows, 0, both, shortlists, &Device::Cpu).unwrap();
-        assert_eq!(mb.positions.dims1().unwrap(), 0);
-        let [in_batch, trained] = &mb.shortlisted[..] else {
-            panic!("two shortlists")
-        };
-        assert_eq!(in_batch.positions.to_vec1::<u32>().unwrap(), [0]);
-        assert_eq!(trained.positions.to_vec1::<u32>().unwrap(), [1, 2, 3]);
-        assert_eq!(trained.shortlist.to_vec1::<u32>().unwrap(), [5, 12, 13, 21]);
-        assert_eq!(trained.slots.to_vec1::<u32>().unwrap(), [1, 2, 3]);
-        assert_eq!((mb.tokens, mb.loss_tokens), (4, 4));
-        // A learned token whose row is not trained cannot be learned under that softmax.
+        assert_eq!(groups(&mb)[1], (vec![0], vec![1], Some(step.clone()), 1.0));
+        // The answers under the trained rows' softmax: their slots in those rows.
         let answers = Learn {
-            inputs: None,
             answers: Softmax::Trained,
+            ..prompt_in_batch
         };
+        let mb = MicroBatch::build(&rows, 0, answers, shortlists, &Device::Cpu).unwrap();
+        assert_eq!(
+            groups(&mb)[0],
+            (vec![1, 2, 3], vec![1, 2, 3], Some(trained.to_vec()), 1.0)
+        );
+        // A learned token whose row is not trained cannot be learned under that softmax.
         let shortlists = Shortlists {
             step: &step,
             trained: &[12, 13],

@@ -107,6 +107,11 @@ pub struct SftParams {
     /// shortlist costs; for a small model on a CPU the full head is most of a step.
     #[serde(default)]
     pub answer_softmax: Softmax,
+    /// With `train_on_inputs`: a prompt token's weight in the loss, an answer token's being 1
+    /// (OpenAI's fine-tuning name). Below 1 the prompt still teaches what it teaches (attention,
+    /// the tokens' meaning) without outweighing the answers, which are a seventh of the tokens.
+    #[serde(default = "default_prompt_loss_weight")]
+    pub prompt_loss_weight: f64,
     /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
     #[serde(default = "default_embedding_lr_scale")]
     pub embedding_lr_scale: f64,
@@ -173,6 +178,9 @@ fn default_lr_scheduler() -> ScheduleKind {
 fn default_embedding_lr_scale() -> f64 {
     1.0
 }
+fn default_prompt_loss_weight() -> f64 {
+    1.0
+}
 fn default_max_grad_norm() -> f64 {
     1.0
 }
@@ -212,6 +220,14 @@ impl SftParams {
             return fail(
                 "`input_softmax` applies to the prompt's tokens: set `train_on_inputs: true`",
             );
+        }
+        if self.prompt_loss_weight != 1.0 && !self.train_on_inputs {
+            return fail(
+                "`prompt_loss_weight` weighs the prompt's tokens: set `train_on_inputs: true`",
+            );
+        }
+        if !(self.prompt_loss_weight.is_finite() && self.prompt_loss_weight > 0.0) {
+            return fail("`prompt_loss_weight` must be a positive number");
         }
         if (self.input_softmax == Softmax::Trained || self.answer_softmax == Softmax::Trained)
             && !self.train_completion_tokens
@@ -367,6 +383,10 @@ impl TypedStage for Sft {
             name: "data",
             required: true,
         },
+        Input {
+            name: "adapter",
+            required: false,
+        },
     ];
     const ABOUT: &'static str =
         "LoRA fine-tuning (and trained token rows) on format's token files; writes a PEFT adapter";
@@ -404,6 +424,16 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let candle = candle_device(device)?;
     let mut memory = MemoryProbe::new(&candle);
     let decoder = Decoder::load(model_dir, dtype, &candle)?;
+    let start = match ctx.inputs.get("adapter") {
+        Some(dir) => {
+            let started = adapter::load(dir, &mut decoder.clone())?;
+            if let Some(rows) = &started.rows {
+                token_rows.extend(rows.embedding.ids());
+            }
+            Some((dir, started))
+        }
+        None => None,
+    };
     let vocab = decoder.config().vocab_size;
     for (name, rows) in [("train", &train), ("dev", &dev)] {
         if let Some(id) = (0..rows.len())
@@ -419,6 +449,12 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let token_rows: Vec<u32> = token_rows.into_iter().collect();
     let mut trainer =
         Trainer::new(decoder, &params.train_config(token_rows.clone())).map_err(candle_err)?;
+    if let Some((dir, started)) = &start {
+        trainer
+            .adapter
+            .start_from(started)
+            .map_err(|m| StageError::Failed(format!("input `adapter` {}: {m}", dir.display())))?;
+    }
 
     let total = params.total_steps(train.len());
     let schedule = Schedule::new(params.lr_scheduler, params.lr, params.warmup_ratio, total);
@@ -428,6 +464,7 @@ fn run(params: &SftParams, ctx: &Context<'_>) -> Result<Report, StageError> {
     let learn = Learn {
         inputs: params.train_on_inputs.then_some(params.input_softmax),
         answers: params.answer_softmax,
+        input_weight: params.prompt_loss_weight,
     };
 
     let (mut state, mut best_values, resumed_from) =

@@ -160,11 +160,11 @@ impl Trainer {
     /// the micro-batches run in parallel, their gradients summed in order: the same bits as one
     /// after the other.
     pub fn gradients(&self, micro: &[MicroBatch], step: u64) -> Result<(Tensor, Vec<Tensor>)> {
-        let loss_tokens: usize = micro.iter().map(|m| m.loss_tokens).sum();
-        if loss_tokens == 0 {
+        let loss_weight: f64 = micro.iter().map(|m| m.loss_weight).sum();
+        if loss_weight == 0.0 {
             candle_core::bail!("a step without learned tokens");
         }
-        let scale = 1.0 / loss_tokens as f64;
+        let scale = 1.0 / loss_weight;
         let params: Vec<Tensor> = self
             .optimizer
             .slots
@@ -218,19 +218,19 @@ impl Trainer {
     /// The mean next-token NLL over every learned token of `rows`, `batch_size` rows at a time
     /// (in parallel on a CPU), without dropout; `None` when `rows` is empty.
     pub fn eval_loss(&self, rows: &Rows, batch_size: usize, pad: u32) -> Result<Option<f64>> {
-        let one = |chunk: &Vec<(&[u32], &[bool])>| -> Result<(f64, usize)> {
+        let one = |chunk: &Vec<(&[u32], &[bool])>| -> Result<(f64, f64)> {
             let mb = MicroBatch::new(chunk, pad, self.decoder.device())?;
             let hidden = self.decoder.hidden_no_grad(&mb.batch)?;
             let sum = mb.loss(&self.decoder, &hidden, 1.0)?.to_dtype(DType::F64)?;
-            Ok((sum.to_scalar::<f64>()?, mb.loss_tokens))
+            Ok((sum.to_scalar::<f64>()?, mb.loss_weight))
         };
         let chunks: Vec<_> = rows.chunks(batch_size).collect();
         let sums = match self.decoder.device().is_cpu() {
             true => chunks.par_iter().map(one).collect(),
             false => chunks.iter().map(one).collect::<Result<Vec<_>>>(),
         }?;
-        let count: usize = sums.iter().map(|(_, n)| n).sum();
-        Ok((!sums.is_empty()).then(|| sums.iter().map(|(s, _)| s).sum::<f64>() / count as f64))
+        let count: f64 = sums.iter().map(|(_, n)| n).sum();
+        Ok((!sums.is_empty()).then(|| sums.iter().map(|(s, _)| s).sum::<f64>() / count))
     }
 }
 
@@ -312,7 +312,7 @@ pub(crate) mod tests {
         let ones: Vec<MicroBatch> = rows().chunks(1).map(micro).collect();
         let (loss, grads) = trainer.gradients(&ones, 7).unwrap();
         // One after the other on this thread, each with its own dropout step, summed in order.
-        let scale = 1.0 / ones.iter().map(|m| m.loss_tokens).sum::<usize>() as f64;
+        let scale = 1.0 / ones.iter().map(|m| m.loss_weight).sum::<f64>();
         let params: Vec<Tensor> = trainer.values().unwrap();
         let vars: Vec<&Tensor> = trainer
             .optimizer
@@ -413,7 +413,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn shortlisted_positions_learn_under_their_shortlist_and_the_rest_under_the_full_vocabulary() {
+    fn learned_positions_count_at_their_weight_under_their_softmax() {
         let trainer = Trainer::new(fixture_model(), &config()).unwrap();
         let rows = rows();
         let refs: Vec<(&[u32], &[bool])> = rows
@@ -436,6 +436,7 @@ pub(crate) mod tests {
             let learn = Learn {
                 inputs: Some(Softmax::Batch),
                 answers,
+                input_weight: 0.3,
             };
             let step: Vec<u32> = shortlist.iter().copied().collect();
             let shortlists = Shortlists {
@@ -444,8 +445,8 @@ pub(crate) mod tests {
             };
             let mb = MicroBatch::build(&refs, 0, learn, shortlists, &Device::Cpu).unwrap();
             let loss = trainer.gradients(&[mb], 0).unwrap().0;
-            // The same mean from the full logits, row by row.
-            let (mut total, mut n) = (0f64, 0usize);
+            // The same weighted mean from the full logits, row by row.
+            let (mut total, mut n) = (0f64, 0f64);
             for (ids, mask) in &rows {
                 let inputs = vec![ids[..ids.len() - 1].to_vec()];
                 let batch = Batch::dense(&inputs, 0, &Device::Cpu).unwrap();
@@ -462,14 +463,12 @@ pub(crate) mod tests {
                         .map(|&j| f64::from(row[j]).exp())
                         .sum::<f64>()
                         .ln();
-                    total += lse - f64::from(row[ids[t + 1] as usize]);
-                    n += 1;
+                    let weight = if mask[t + 1] { 1.0 } else { 0.3 };
+                    total += weight * (lse - f64::from(row[ids[t + 1] as usize]));
+                    n += weight;
                 }
             }
-            let (got, want) = (
-                f64::from(loss.to_scalar::<f32>().unwrap()),
-                total / n as f64,
-            );
+            let (got, want) = (f64::from(loss.to_scalar::<f32>().unwrap()), total / n);
             assert!(
                 (got - want).abs() < 1e-5 * want,
                 "{answers:?}: {got} vs {want}"
