@@ -670,9 +670,15 @@ fn default_pipeline() -> Ws {
     ws
 }
 
-/// `--set`s that keep the default pipeline's training to two steps and its eval to a few tokens
-/// per row.
-const QUICK: [&str; 12] = [
+/// `--set`s that keep the default pipeline's training to two steps a stage and its eval to a few
+/// tokens per row.
+const QUICK: [&str; 18] = [
+    "--set",
+    "sft-short.max_steps=2",
+    "--set",
+    "sft-short.eval_every=2",
+    "--set",
+    "sft-short.dev_limit=2",
     "--set",
     "sft.max_steps=2",
     "--set",
@@ -700,6 +706,7 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
             "model",
             "normalize",
             "sft",
+            "sft-short",
             "split",
             "synth",
             "tokenizer",
@@ -764,7 +771,7 @@ fn default_pipeline_runs_and_every_stage_accounts_for_its_rows() {
     assert_eq!(r.states()["verify"], "fresh");
     assert_eq!(
         r.executed(),
-        ["eval", "format", "sft", "split"],
+        ["eval", "format", "sft", "sft-short", "split"],
         "{}",
         r.stdout
     );

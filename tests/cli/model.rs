@@ -105,8 +105,9 @@ fn init_a_tiny_model_and_chat_with_it() {
     assert!(bad.stderr.contains("forge.yaml"), "{}", bad.stderr);
 }
 
-/// Writes a LoRA adapter in PEFT's layout for the tiny preset (hidden 64, intermediate 256, 4
-/// layers) on q_proj and down_proj, with nonzero A and B; `q_in` is q_proj's input width (64 fits).
+/// Writes a LoRA adapter in PEFT's layout for the tiny preset (hidden 64, 4 heads of 64,
+/// intermediate 256, 4 layers) on q_proj and down_proj, with nonzero A and B; `q_in` is q_proj's
+/// input width (64 fits).
 /// The safetensors bytes are written by hand, as any other tool could.
 fn write_adapter(dir: &Path, q_in: usize) {
     let r = 2;
@@ -114,7 +115,7 @@ fn write_adapter(dir: &Path, q_in: usize) {
     for layer in 0..4 {
         let p = format!("base_model.model.model.layers.{layer}");
         shapes.push((format!("{p}.self_attn.q_proj.lora_A.weight"), [r, q_in]));
-        shapes.push((format!("{p}.self_attn.q_proj.lora_B.weight"), [64, r]));
+        shapes.push((format!("{p}.self_attn.q_proj.lora_B.weight"), [256, r]));
         shapes.push((format!("{p}.mlp.down_proj.lora_A.weight"), [r, 256]));
         shapes.push((format!("{p}.mlp.down_proj.lora_B.weight"), [64, r]));
     }

@@ -416,7 +416,10 @@ impl Preset {
             pad_token_id: None,
         };
         match (self, arch) {
-            (Preset::Tiny, _) => Ok(base(64, 256, 4, 4, 2, 16, DType::F32)),
+            // Heads of 64 dims, though the model is 64 wide: Qwen3 normalizes queries and keys,
+            // which caps an attention logit at √head_dim (±4 with 16 dims, too flat for attention
+            // to pick one position out of hundreds; ±8 with 64).
+            (Preset::Tiny, _) => Ok(base(64, 256, 4, 4, 2, 64, DType::F32)),
             (Preset::Qwen3_0_6B, Arch::Qwen3) => Ok(base(1024, 3072, 28, 16, 8, 128, DType::BF16)),
             (Preset::Qwen3_4B, Arch::Qwen3) => Ok(base(2560, 9728, 36, 32, 8, 128, DType::BF16)),
             (_, arch) => Err(format!(

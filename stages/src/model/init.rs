@@ -284,7 +284,8 @@ fn default_preset() -> PresetParam {
 impl TypedStage for ModelInit {
     type Params = ModelInitParams;
     const KIND: &'static str = "model-init";
-    const VERSION: u32 = 1;
+    /// 2: the tiny preset's heads are 64 dims wide.
+    const VERSION: u32 = 2;
     const INPUTS: &'static [Input] = &[
         Input {
             name: "tokenizer",

@@ -150,7 +150,7 @@ impl Order {
 }
 
 /// The softmax a learned position's loss is taken under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Softmax {
     /// The whole vocabulary: exact, a pass over the head's rows per position.

@@ -104,12 +104,11 @@ pub struct SftParams {
     pub input_softmax: Softmax,
     /// The same for the answer tokens, or `trained` (for either): the rows the run trains (with
     /// `train_completion_tokens`). The dev loss stays the full vocabulary's, so it shows what a
-    /// shortlist costs; for a small model on a CPU the full head is most of a step.
+    /// shortlist costs; for the tiny model on a CPU the full head is half of a step.
     #[serde(default)]
     pub answer_softmax: Softmax,
     /// With `train_on_inputs`: a prompt token's weight in the loss, an answer token's being 1
-    /// (OpenAI's fine-tuning name). Below 1 the prompt still teaches what it teaches (attention,
-    /// the tokens' meaning) without outweighing the answers, which are a seventh of the tokens.
+    /// (OpenAI's fine-tuning name); prompts outnumber answers about six tokens to one.
     #[serde(default = "default_prompt_loss_weight")]
     pub prompt_loss_weight: f64,
     /// The trained token rows' learning rate as a multiple of `lr` (Axolotl's name).
@@ -373,7 +372,9 @@ fn candle_err(e: candle_core::Error) -> StageError {
 impl TypedStage for Sft {
     type Params = SftParams;
     const KIND: &'static str = "sft";
-    const VERSION: u32 = 1;
+    /// 2: prompt and answer tokens are summed as separate groups (other rounding), and the
+    /// `batch` softmax is the step's tokens.
+    const VERSION: u32 = 2;
     const INPUTS: &'static [Input] = &[
         Input {
             name: "model",
