@@ -59,8 +59,7 @@ sft)
     done
   fi
   if $torch; then
-    pip install --no-index --no-deps --target /tmp/site "$base"/bitsandbytes-*.whl >/dev/null
-    (cd "$OUT" && PYTHONPATH=/tmp/site OUT=$OUT "$PY" "$OLDPWD/$base/torch_qlora_baseline.py") 2>&1 | tail -12
+    (cd "$OUT" && PYTHONPATH=$OLDPWD/$base/site OUT=$OUT "$PY" "$OLDPWD/$base/torch_qlora_baseline.py") 2>&1 | tail -12
     (cd "$OUT" && OUT=$OUT "$PY" "$OLDPWD/$base/torch_lora_baseline.py") 2>&1 | tail -12
   fi
   ;;

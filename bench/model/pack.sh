@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds forge and the model benchmarks with CUDA (the toolchain of ../shared/cuda, see DESIGN.md)
-# into target/device/ and the PyTorch baselines with the bitsandbytes wheel into target/baselines/
-# (each under the device's 64 MiB carry; carry one per call) for the GPU machine, where
+# into target/device/ and the PyTorch baselines with bitsandbytes into target/baselines/ (both
+# together under the device's 64 MiB carry) for the GPU machine, where
 # bench/model/device.sh runs them. Usage: bash bench/model/pack.sh [CUDA_PREFIX] [BASELINES_DIR]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,7 +25,12 @@ rm -rf "$dev/bin"
 base=$root/target/baselines
 rm -rf "$base" && mkdir -p "$base"
 cp "$baselines"/torch_*_baseline.py "$base/"
-# bitsandbytes is not on the device image: its wheel travels with the baselines.
+# bitsandbytes is not on the device image: it travels with the baselines, unpacked, with only
+# the CUDA 13 builds of its library (the image's PyTorch is on CUDA 13), small enough to travel
+# beside target/device/ in one call.
 pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
   --platform manylinux_2_24_x86_64 --dest "$base" bitsandbytes==0.50.2
+unzip -q "$base"/bitsandbytes-*.whl -d "$base/site" \
+  -x 'bitsandbytes/libbitsandbytes_cuda1[12]*' 'bitsandbytes/libbitsandbytes_rocm*'
+rm "$base"/bitsandbytes-*.whl
 ls -la "$dev" "$base"
