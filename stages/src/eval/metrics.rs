@@ -9,6 +9,8 @@
 //! - `schema_valid`: at least one call was read, and every call names an offered tool and has
 //!   arguments its JSON Schema accepts (the data stages' [`Verifier`]).
 //! - `tool_name`: the called names equal the gold names, as multisets.
+//!   Beside it, `first_tool`: the first call read names a gold tool (what a small model gets
+//!   right first: choosing the tool, before choosing how many calls).
 //! - `name_and_args`: the calls equal the gold calls, as a multiset (arguments compared as JSON,
 //!   `1` equal to `1.0`).
 //! - `protocol`: the answer uses the Qwen wrapper as BFCL decodes it — at least one
@@ -53,6 +55,7 @@ pub struct RowLadder {
     pub emits_json: bool,
     pub schema_valid: bool,
     pub tool_name: bool,
+    pub first_tool: bool,
     pub name_and_args: bool,
     pub protocol: bool,
     pub strict: bool,
@@ -77,6 +80,8 @@ pub struct LadderMetrics {
     pub emits_json: f64,
     pub schema_valid: f64,
     pub tool_name: f64,
+    #[serde(default)]
+    pub first_tool: f64,
     pub name_and_args: f64,
     pub protocol: f64,
     pub strict: f64,
@@ -100,6 +105,10 @@ pub fn judge_row(row: &LadderRow<'_>, cache: &mut SchemaCache) -> RowLadder {
     let offered = |name: &str| conv.tools.iter().any(|t| t.name == name);
     let hallucinated = read.calls.iter().any(|c| !offered(&c.name));
     let tool_name = call_row && same_multiset(&read.calls, gold, |a, b| a.name == b.name);
+    let first_tool = read
+        .calls
+        .first()
+        .is_some_and(|c| gold.iter().any(|g| g.name == c.name));
     let name_and_args = call_row && same_multiset(&read.calls, gold, calls_equal);
 
     let strict_calls = decode_ast(row.output).ok().filter(|c| !c.is_empty());
@@ -145,6 +154,7 @@ pub fn judge_row(row: &LadderRow<'_>, cache: &mut SchemaCache) -> RowLadder {
         emits_json: read.emits_json,
         schema_valid,
         tool_name,
+        first_tool,
         name_and_args,
         protocol,
         strict,
@@ -191,6 +201,7 @@ pub fn summarize(rows: &[RowLadder]) -> LadderMetrics {
         emits_json: over_calls(|r| r.emits_json),
         schema_valid: over_calls(|r| r.schema_valid),
         tool_name: over_calls(|r| r.tool_name),
+        first_tool: over_calls(|r| r.first_tool),
         name_and_args: over_calls(|r| r.name_and_args),
         protocol: over_calls(|r| r.protocol),
         strict: over_calls(|r| r.strict),
@@ -488,7 +499,11 @@ mod tests {
         assert_eq!(rungs(&judge(g.clone(), &both)), "JSTAPX-");
         let twice = format!("{}\n{}", block("weather", "A"), block("weather", "A"));
         assert_eq!(rungs(&judge(g.clone(), &twice)), "JS--P--");
-        assert_eq!(rungs(&judge(g, &block("weather", "A"))), "JS--P--");
+        assert_eq!(rungs(&judge(g.clone(), &block("weather", "A"))), "JS--P--");
+        let first_tool = |output: &str| judge(g.clone(), output).first_tool;
+        assert!(first_tool(&both) && first_tool(&twice) && first_tool(&block("news", "B")));
+        let ghost_first = format!("{}\n{}", block("ghost", "A"), block("weather", "A"));
+        assert!(!first_tool(&ghost_first) && !first_tool("no call"));
     }
 
     #[test]
@@ -509,6 +524,7 @@ mod tests {
         assert_eq!((m.rows, m.call_rows, m.no_call_rows), (5, 3, 2));
         assert!((m.strict - 100.0 / 3.0).abs() < 1e-9);
         assert!((m.emits_json - 200.0 / 3.0).abs() < 1e-9);
+        assert!((m.first_tool - 100.0 / 3.0).abs() < 1e-9);
         assert!((m.no_call_correct - 50.0).abs() < 1e-9);
         assert!((m.hit_cap - 20.0).abs() < 1e-9);
         assert!((m.hallucinated - 20.0).abs() < 1e-9);

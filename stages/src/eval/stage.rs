@@ -262,6 +262,7 @@ fn ladder_table(m: Option<&LadderMetrics>) -> String {
         ("emits_json", m.emits_json),
         ("schema_valid", m.schema_valid),
         ("tool_name", m.tool_name),
+        ("first_tool", m.first_tool),
         ("name_and_args", m.name_and_args),
         ("protocol", m.protocol),
         ("strict", m.strict),
@@ -277,7 +278,7 @@ fn ladder_table(m: Option<&LadderMetrics>) -> String {
 impl TypedStage for Eval {
     type Params = EvalParams;
     const KIND: &'static str = "eval";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const INPUTS: &'static [Input] = &[
         Input {
             name: "model",
